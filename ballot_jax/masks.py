@@ -1,0 +1,352 @@
+"""Pruning masks as pytrees shaped like the Flax params.
+
+A *mask* has the same tree structure as ``params``. A prunable leaf holds a ``bool`` array of
+the parameter's shape (``True`` = the weight is kept); a leaf that is never pruned (biases,
+batch-norm scales and offsets, and optionally the first convolution or the classifier) holds
+``None``. Masks are plain pytrees, so they pass through ``jax.jit`` as ordinary arguments: a new
+mask with the same prunable leaves never triggers a recompilation.
+
+One place decides which leaves are prunable: :func:`prunable_filter`. Every method asks it.
+
+Sparsity is always "the fraction of prunable weights that are zero"; density = 1 - sparsity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Mask = PyTree
+PathFilter = Callable[[tuple[str, ...], Any], bool]
+
+STEM_NAME = "stem"
+HEAD_NAME = "head"
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def path_str(path: Sequence[Any]) -> str:
+    """Turns a jax key path into a readable ``a/b/kernel`` string."""
+    parts = []
+    for k in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def prunable_filter(*, keep_stem: bool = False, keep_head: bool = False) -> PathFilter:
+    """Returns the default filter deciding which parameter leaves may be pruned.
+
+    Every convolution and dense ``kernel`` (ndim >= 2) is prunable; biases and batch-norm
+    parameters never are. ``keep_stem`` keeps the first convolution (module ``stem``) dense and
+    ``keep_head`` keeps the classifier (module ``head``) dense.
+    """
+
+    def is_prunable(path: tuple[str, ...], leaf: Any) -> bool:
+        if not path or path[-1] != "kernel" or np.ndim(leaf) < 2:
+            return False
+        if keep_stem and STEM_NAME in path[:-1]:
+            return False
+        if keep_head and HEAD_NAME in path[:-1]:
+            return False
+        return True
+
+    return is_prunable
+
+
+def _keys(path: Sequence[Any]) -> tuple[str, ...]:
+    return tuple(path_str([k]) for k in path)
+
+
+def init_mask(params: PyTree, is_prunable: PathFilter | None = None) -> Mask:
+    """An all-kept mask: ``True`` arrays on prunable leaves, ``None`` elsewhere."""
+    is_prunable = is_prunable or prunable_filter()
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: jnp.ones(jnp.shape(x), jnp.bool_) if is_prunable(_keys(p), x) else None,
+        params,
+    )
+
+
+def map_prunable(fn: Callable[..., Any], mask: Mask, *trees: PyTree) -> PyTree:
+    """``fn(mask_leaf, *tree_leaves)`` on prunable leaves; ``None`` stays ``None``.
+
+    ``trees`` must have the structure of ``mask`` (e.g. params, scores, votes).
+    """
+    return jax.tree.map(
+        lambda m, *xs: None if m is None else fn(m, *xs), mask, *trees, is_leaf=_is_none
+    )
+
+
+def apply_mask(params: PyTree, mask: Mask) -> PyTree:
+    """Zeroes the pruned weights: ``p * m`` on prunable leaves, other leaves unchanged."""
+    return jax.tree.map(
+        lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
+        mask,
+        params,
+        is_leaf=_is_none,
+    )
+
+
+def prunable_leaves(tree: PyTree, mask: Mask) -> list[Any]:
+    """The leaves of ``tree`` where ``mask`` is not ``None``, in tree order."""
+    flags = jax.tree.leaves(jax.tree.map(lambda m: m is not None, mask, is_leaf=_is_none))
+    leaves = jax.tree.leaves(tree, is_leaf=_is_none)
+    if len(flags) != len(leaves):
+        raise ValueError(
+            f"tree has {len(leaves)} leaves but the mask has {len(flags)}: they must be shaped alike"
+        )
+    return [x for f, x in zip(flags, leaves) if f]
+
+
+def layer_names(mask: Mask) -> list[str]:
+    """Path strings of the prunable leaves, in tree order."""
+    named = jax.tree_util.tree_flatten_with_path(mask, is_leaf=_is_none)[0]
+    return [path_str(p) for p, m in named if m is not None]
+
+
+def count(mask: Mask) -> dict[str, Any]:
+    """Kept and total weights per prunable layer and overall (host-side integers).
+
+    Returns ``{"layers": {name: (kept, total)}, "kept": K, "total": N, "density": K/N,
+    "sparsity": 1 - K/N}``.
+    """
+    names = layer_names(mask)
+    leaves = prunable_leaves(mask, mask)
+    kept = [int(np.asarray(m).sum()) for m in leaves]
+    total = [int(np.size(m)) for m in leaves]
+    K, N = sum(kept), sum(total)
+    density = K / N if N else 1.0
+    return {
+        "layers": {n: (k, t) for n, k, t in zip(names, kept, total)},
+        "kept": K,
+        "total": N,
+        "density": density,
+        "sparsity": 1.0 - density,
+    }
+
+
+def sparsity(mask: Mask) -> float:
+    """Fraction of prunable weights removed: 1 - Σ_l kept_l / Σ_l n_l."""
+    return count(mask)["sparsity"]
+
+
+def zero_violations(params: PyTree, mask: Mask) -> int:
+    """Number of pruned weights that are not exactly zero (0 when the mask is respected)."""
+    leaves = prunable_leaves(params, mask)
+    masks = prunable_leaves(mask, mask)
+    return int(sum(int(np.count_nonzero(np.asarray(p)[~np.asarray(m)])) for p, m in zip(leaves, masks)))
+
+
+def check_sparsity(value: float, name: str = "sparsity") -> float:
+    """Validates a target sparsity in [0, 1); returns it as float."""
+    value = float(value)
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        raise ValueError(
+            f"{name}={value!r} is outside [0, 1): it is the fraction of prunable weights removed "
+            "(e.g. 0.95 keeps 5%)."
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Top-k selection
+# ---------------------------------------------------------------------------------------------
+
+
+def _keep_top(scores: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
+    """Boolean mask keeping exactly ``k`` largest entries of a flat vector.
+
+    NaN counts as -inf. Ties are broken deterministically by position (earlier index wins), so
+    the same scores always give the same mask. ``k`` may be a traced integer.
+    """
+    s = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
+    order = jnp.argsort(-s, stable=True)
+    ranks = jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
+    return ranks < k
+
+
+def topk_global(scores: PyTree, mask: Mask, k: int | jnp.ndarray) -> Mask:
+    """Keeps the ``k`` highest scores across all prunable layers (one global threshold).
+
+    Exactly ``k`` weights are kept (ties by position in the flattened tree). Entries where the
+    current ``mask`` is ``False`` are never selected while enough kept ones remain: pass
+    ``-inf`` scores there to keep pruned weights pruned. Jittable; ``k`` may be traced.
+    """
+    leaves = prunable_leaves(scores, mask)
+    flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+    keep = _keep_top(flat, jnp.asarray(k))
+    out, start = [], 0
+    for x in leaves:
+        out.append(keep[start : start + x.size].reshape(x.shape))
+        start += x.size
+    return _unflatten_prunable(mask, out)
+
+
+def topk_per_layer(scores: PyTree, quotas: PyTree) -> Mask:
+    """Keeps, in each prunable layer l, exactly ``quotas[l]`` highest-scoring weights.
+
+    ``quotas`` is a tree shaped like the mask with integer leaves (``None`` where not
+    prunable). Deterministic tie-break by position. Jittable; quotas may be traced.
+    """
+    return jax.tree.map(
+        lambda q, s: None if q is None else _keep_top(jnp.ravel(s), q).reshape(jnp.shape(s)),
+        quotas,
+        scores,
+        is_leaf=_is_none,
+    )
+
+
+def _unflatten_prunable(mask: Mask, values: list[Any]) -> Mask:
+    it = iter(values)
+    return jax.tree.map(lambda m: None if m is None else next(it), mask, is_leaf=_is_none)
+
+
+def magnitude_scores(params: PyTree, mask: Mask) -> PyTree:
+    """|w| on kept weights and -inf on pruned ones (so they stay pruned under top-k)."""
+    return map_prunable(lambda m, p: jnp.where(m, jnp.abs(p), -jnp.inf), mask, params)
+
+
+def global_magnitude_mask(params: PyTree, mask: Mask, density: float) -> Mask:
+    """Global-magnitude mask keeping ``round(density * N)`` of all N prunable weights.
+
+    Weights already pruned by ``mask`` stay pruned (the target density is of all prunable
+    weights, so it must not exceed the current mask's density).
+    """
+    total = count(mask)["total"]
+    k = int(round(density * total))
+    return topk_global(magnitude_scores(params, mask), mask, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer densities and quotas
+# ---------------------------------------------------------------------------------------------
+
+
+def quotas_from_densities(mask: Mask, densities: PyTree, *, total_density: float | None = None) -> PyTree:
+    """Integer per-layer quotas k_l ≈ density_l · n_l.
+
+    With ``total_density`` given, the rounding is done by largest remainder so that
+    Σ_l k_l = round(total_density · N) exactly, each k_l staying within [0, n_l]. Without it each
+    layer is rounded on its own. Returns a tree of Python ints shaped like the mask.
+    """
+    sizes = [int(np.size(m)) for m in prunable_leaves(mask, mask)]
+    raw = [min(max(float(d), 0.0), 1.0) * n for d, n in zip(prunable_leaves(densities, mask), sizes)]
+    if total_density is None:
+        return _unflatten_prunable(mask, [int(round(r)) for r in raw])
+    ks = [int(math.floor(r + 1e-9)) for r in raw]
+    remainder = int(round(total_density * sum(sizes))) - sum(ks)
+    # Largest fractional part first (ties by layer order) when adding, smallest when removing.
+    order = sorted(range(len(ks)), key=lambda i: (-(raw[i] - ks[i]), i))
+    step = 1 if remainder > 0 else -1
+    candidates = order if step > 0 else order[::-1]
+    while remainder != 0:
+        moved = False
+        for j in candidates:
+            if remainder == 0:
+                break
+            if 0 <= ks[j] + step <= sizes[j]:
+                ks[j] += step
+                remainder -= step
+                moved = True
+        if not moved:
+            raise ValueError(f"total_density={total_density} cannot be met within the layer sizes")
+    return _unflatten_prunable(mask, ks)
+
+
+def densities_of(mask: Mask) -> PyTree:
+    """Per-layer density of an existing mask ("same per-layer densities as another mask")."""
+    return map_prunable(lambda m: float(np.asarray(m).mean()), mask)
+
+
+def quotas_of(mask: Mask) -> PyTree:
+    """Per-layer kept counts of an existing mask, as a tree of ints."""
+    return map_prunable(lambda m: int(np.asarray(m).sum()), mask)
+
+
+def uniform_densities(mask: Mask, density: float) -> PyTree:
+    """The same density in every prunable layer."""
+    return map_prunable(lambda m: float(density), mask)
+
+
+def erk_densities(mask: Mask, density: float, *, power_scale: float = 1.0) -> PyTree:
+    """Erdős–Rényi-Kernel per-layer densities reaching ``density`` overall.
+
+    Layer l gets density ε · (Σ dims / Π dims)^power_scale, with ε solved so that the kept
+    count totals density · N. Layers whose density would exceed 1 are kept dense and ε is
+    re-solved over the rest (the standard ERK construction of RigL).
+    """
+    shapes = [np.shape(m) for m in prunable_leaves(mask, mask)]
+    sizes = np.array([int(np.prod(s)) for s in shapes], dtype=np.float64)
+    raw = np.array([(sum(s) / np.prod(s)) ** power_scale for s in shapes], dtype=np.float64)
+    dense = np.zeros(len(shapes), dtype=bool)
+    target = density * sizes.sum()
+    while True:
+        budget = target - sizes[dense].sum()
+        denom = (raw * sizes)[~dense].sum()
+        eps = budget / denom if denom > 0 else 0.0
+        d = np.where(dense, 1.0, eps * raw)
+        over = (d > 1.0) & ~dense
+        if not over.any():
+            break
+        dense |= over
+    return _unflatten_prunable(mask, [float(min(max(x, 0.0), 1.0)) for x in d])
+
+
+DISTRIBUTIONS = {
+    "uniform": uniform_densities,
+    "erk": erk_densities,
+}
+
+
+def layer_densities(mask: Mask, density: float, distribution: str) -> PyTree:
+    """Per-layer densities from a named distribution (``uniform`` or ``erk``)."""
+    try:
+        fn = DISTRIBUTIONS[distribution]
+    except KeyError:
+        raise ValueError(
+            f"unknown density distribution {distribution!r}; valid: {sorted(DISTRIBUTIONS)}"
+        ) from None
+    return fn(mask, density)
+
+
+def random_mask(key: jax.Array, mask: Mask, quotas: PyTree) -> Mask:
+    """A random mask keeping exactly ``quotas[l]`` weights of each prunable layer."""
+    leaves = prunable_leaves(mask, mask)
+    keys = list(jax.random.split(key, max(len(leaves), 1)))
+    scores = _unflatten_prunable(
+        mask, [jax.random.uniform(k, jnp.shape(m)) for k, m in zip(keys, leaves)]
+    )
+    return topk_per_layer(scores, quotas)
+
+
+def to_numpy(mask: Mask) -> dict[str, np.ndarray]:
+    """A flat ``{layer path: bool ndarray}`` dict, e.g. for saving or comparing masks."""
+    return {n: np.asarray(m) for n, m in zip(layer_names(mask), prunable_leaves(mask, mask))}
+
+
+def masks_equal(a: Mask, b: Mask) -> bool:
+    """True when two masks have the same prunable layers and identical values."""
+    na, nb = to_numpy(a), to_numpy(b)
+    return na.keys() == nb.keys() and all(np.array_equal(na[k], nb[k]) for k in na)
+
+
+def summary(mask: Mask) -> Mapping[str, Any]:
+    """JSON-friendly per-layer densities and the overall sparsity of a mask."""
+    c = count(mask)
+    return {
+        "sparsity": c["sparsity"],
+        "kept": c["kept"],
+        "total": c["total"],
+        "layers": {n: {"kept": k, "total": t, "density": k / t} for n, (k, t) in c["layers"].items()},
+    }

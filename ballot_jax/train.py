@@ -1,0 +1,270 @@
+"""Masked training: train state, jitted masked train/eval steps, optax optimizers and schedules.
+
+The mask multiplies the parameters in the forward pass *and* the optimizer's update, and the
+new parameters are masked again, so a pruned weight stays exactly 0.0 under momentum and weight
+decay. The learning rate is an argument of the step (``optax.inject_hyperparams``), so a whole
+run with any schedule, any stage length or learning-rate rewinding compiles the step once per
+shape. Masks are arguments too: a new mask never recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ballot_jax import fairness, masks
+
+PyTree = Any
+Batch = Mapping[str, jax.Array]
+ApplyFn = Callable[..., Any]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a masked train step reads and writes."""
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+    mask: masks.Mask
+
+
+def create_train_state(
+    params: PyTree, batch_stats: PyTree, tx: optax.GradientTransformation, mask: masks.Mask
+) -> TrainState:
+    """A fresh state (step 0, new optimizer state) with the mask applied to ``params``.
+
+    The arrays are copied, so the caller's trees (e.g. the rewind point θ0) survive the train
+    step's buffer donation.
+    """
+    params = jax.tree.map(jnp.copy, masks.apply_mask(params, mask))
+    batch_stats = jax.tree.map(jnp.copy, batch_stats or {})
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        mask=mask,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers and schedules
+# ---------------------------------------------------------------------------------------------
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "cosine", "warmup_cosine", "constant", "warmup_constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer and schedule settings. Defaults are the paper prototype's recipe."""
+
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    nesterov: bool = False
+    schedule: str = "step"
+    decay_boundaries: tuple[float, ...] = (0.4, 0.6, 0.8)  # fractions of the stage's steps
+    decay_factor: float = 0.1
+    warmup_fraction: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | Any) -> "OptimizerConfig":
+        """Builds from a mapping/ConfigDict, taking only the known keys."""
+        get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+        kw = {}
+        for f in dataclasses.fields(cls):
+            v = get(f.name, None)
+            if v is not None:
+                kw[f.name] = tuple(v) if f.name == "decay_boundaries" else v
+        return cls(**kw)
+
+
+def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
+    """An optax optimizer whose learning rate is an injected hyper-parameter.
+
+    SGD applies weight decay as an L2 term added to the gradient before momentum (as
+    PyTorch's SGD does); AdamW decays decoupled.
+    """
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {list(OPTIMIZERS)}")
+
+    def build(learning_rate: float) -> optax.GradientTransformation:
+        if cfg.optimizer == "sgd":
+            return optax.chain(
+                optax.add_decayed_weights(cfg.weight_decay),
+                optax.sgd(learning_rate, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
+            )
+        if cfg.optimizer == "adam":
+            return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(learning_rate))
+        return optax.adamw(learning_rate, weight_decay=cfg.weight_decay)
+
+    return optax.inject_hyperparams(build)(learning_rate=cfg.learning_rate)
+
+
+def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    """The learning-rate schedule of one training stage of ``total_steps`` steps.
+
+    ``step``: lr · factor^(#boundaries passed), boundaries at fractions of the stage (paper:
+    ×0.1 at 40/60/80%). ``cosine``: cosine decay to 0. ``warmup_*``: linear warm-up over
+    ``warmup_fraction`` of the stage first. ``constant``: lr. Learning-rate rewinding is simply
+    restarting the schedule at step 0 when a stage is retrained.
+    """
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {list(SCHEDULES)}")
+    total_steps = max(int(total_steps), 1)
+    lr = cfg.learning_rate
+    warmup = int(round(cfg.warmup_fraction * total_steps))
+    if cfg.schedule == "step":
+        bounds = {int(round(b * total_steps)): cfg.decay_factor for b in cfg.decay_boundaries}
+        return optax.piecewise_constant_schedule(lr, bounds)
+    if cfg.schedule == "constant":
+        return optax.constant_schedule(lr)
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, total_steps)
+    if cfg.schedule == "warmup_constant":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [warmup]
+        )
+    return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), total_steps)
+
+
+def learning_rates(schedule: optax.Schedule, total_steps: int) -> np.ndarray:
+    """The schedule evaluated on the host for every step of a stage (float32 array)."""
+    steps = jnp.arange(max(int(total_steps), 1))
+    return np.broadcast_to(np.asarray(schedule(steps), dtype=np.float32), steps.shape).copy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses and steps
+# ---------------------------------------------------------------------------------------------
+
+
+def forward(
+    apply_fn: ApplyFn, params: PyTree, batch_stats: PyTree, mask: masks.Mask, images: jax.Array, train: bool
+) -> tuple[jax.Array, PyTree]:
+    """Logits of the masked model and (in train mode) the updated batch statistics."""
+    variables = {"params": masks.apply_mask(params, mask)}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    if train and batch_stats:
+        logits, updated = apply_fn(variables, images, train=True, mutable=["batch_stats"])
+        return logits.astype(jnp.float32), updated["batch_stats"]
+    logits = apply_fn(variables, images, train=train)
+    return logits.astype(jnp.float32), batch_stats
+
+
+def example_losses(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example cross-entropy ℓ_i = −log softmax(logits_i)[y_i]."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def batch_weights(batch: Batch) -> jax.Array:
+    """The batch's example weights (1 real, 0 padding); all ones when absent."""
+    w = batch.get("weight")
+    return jnp.ones(batch["label"].shape, jnp.float32) if w is None else w.astype(jnp.float32)
+
+
+def masked_update(
+    tx: optax.GradientTransformation, state: TrainState, grads: PyTree, lr: jax.Array
+) -> tuple[PyTree, PyTree]:
+    """One optimizer update with the mask applied to gradients, updates and new params."""
+    grads = masks.apply_mask(grads, state.mask)
+    hyper = dict(state.opt_state.hyperparams, learning_rate=jnp.asarray(lr, jnp.float32))
+    opt_state = state.opt_state._replace(hyperparams=hyper)
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    updates = masks.apply_mask(updates, state.mask)
+    params = masks.apply_mask(optax.apply_updates(state.params, updates), state.mask)
+    return params, opt_state
+
+
+def train_metrics(losses: jax.Array, logits: jax.Array, batch: Batch, step: jax.Array) -> dict[str, jax.Array]:
+    """Device-side sums for an epoch summary; ``nonfinite`` is 1 when the loss is NaN/inf."""
+    w = batch_weights(batch)
+    loss = jnp.sum(losses * w)
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * w)
+    return {
+        "loss_sum": loss,
+        "correct": correct,
+        "count": jnp.sum(w),
+        "nonfinite": (~jnp.isfinite(loss)).astype(jnp.int32),
+    }
+
+
+def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, donate: bool = True) -> Callable:
+    """A jitted ``step(state, batch, lr) -> (state, metrics)`` of masked SGD-style training.
+
+    Loss = Σ_i w_i ℓ_i / Σ_i w_i (w = batch weights). Compiles once per batch shape; masks and
+    the learning rate are arguments.
+    """
+
+    def step(state: TrainState, batch: Batch, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        w = batch_weights(batch)
+
+        def loss_fn(params):
+            logits, new_stats = forward(apply_fn, params, state.batch_stats, state.mask, batch["image"], True)
+            losses = example_losses(logits, batch["label"])
+            return jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0), (losses, logits, new_stats)
+
+        grads, (losses, logits, new_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        params, opt_state = masked_update(tx, state, grads, lr)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+        return new_state, train_metrics(losses, logits, batch, state.step)
+
+    return jax.jit(step, donate_argnums=(0,) if donate else ())
+
+
+def make_eval_step(apply_fn: ApplyFn) -> Callable:
+    """A jitted ``step(params, batch_stats, mask, batch, counts) -> counts``.
+
+    ``counts`` is the fairness confusion tensor [G, C, C] (see :mod:`ballot_jax.fairness`),
+    accumulated on device so a whole split is evaluated with one host transfer.
+    """
+
+    def step(params, batch_stats, mask, batch, counts):
+        logits, _ = forward(apply_fn, params, batch_stats, mask, batch["image"], False)
+        preds = jnp.argmax(logits, -1)
+        return fairness.update_counts(counts, batch["label"], preds, batch["group"], batch_weights(batch))
+
+    return jax.jit(step)
+
+
+def evaluate_counts(
+    eval_step: Callable,
+    state: TrainState,
+    batches: Iterable[Batch],
+    *,
+    num_groups: int,
+    num_classes: int,
+) -> jax.Array:
+    """Confusion counts [G, C, C] of the masked model over ``batches`` (device array)."""
+    counts = fairness.init_counts(num_groups, num_classes)
+    for batch in batches:
+        counts = eval_step(state.params, state.batch_stats, state.mask, batch, counts)
+    return counts
+
+
+def sum_metrics(total: dict[str, jax.Array] | None, new: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Adds step metrics on device (no host sync)."""
+    return new if total is None else jax.tree.map(jnp.add, total, new)
+
+
+def summarize(total: Mapping[str, jax.Array]) -> dict[str, float]:
+    """Host-side epoch summary: mean loss, accuracy, count and non-finite step count."""
+    t = jax.device_get(total)
+    n = max(float(t["count"]), 1.0)
+    return {
+        "loss": float(t["loss_sum"]) / n,
+        "accuracy": float(t["correct"]) / n,
+        "examples": int(t["count"]),
+        "nonfinite_steps": int(t["nonfinite"]),
+    }

@@ -1,0 +1,147 @@
+"""Tests of ballot_jax.masks: prunable filter, exact sparsity, top-k, densities, jit behaviour."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ballot_jax import masks
+
+
+def _params(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "stem": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 3, 8)), jnp.float32)},
+        "block": {
+            "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 8, 16)), jnp.float32)},
+            "bn": {"scale": jnp.ones(16), "bias": jnp.zeros(16)},
+        },
+        "head": {"kernel": jnp.asarray(rng.normal(size=(16, 10)), jnp.float32), "bias": jnp.zeros(10)},
+    }
+
+
+def test_default_filter_prunes_kernels_only():
+    m = masks.init_mask(_params())
+    assert masks.layer_names(m) == ["block/conv/kernel", "head/kernel", "stem/kernel"]
+    assert m["block"]["bn"]["scale"] is None and m["head"]["bias"] is None
+
+
+def test_keep_stem_and_head_options():
+    m = masks.init_mask(_params(), masks.prunable_filter(keep_stem=True, keep_head=True))
+    assert masks.layer_names(m) == ["block/conv/kernel"]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.2, 0.5, 0.9, 0.95, 0.999])
+def test_global_magnitude_exact_sparsity(sparsity):
+    params = _params()
+    m = masks.init_mask(params)
+    total = masks.count(m)["total"]
+    new = masks.global_magnitude_mask(params, m, 1.0 - sparsity)
+    assert masks.count(new)["kept"] == int(round((1 - sparsity) * total))
+    # the kept weights are the largest in magnitude
+    kept = np.concatenate([np.abs(np.asarray(p))[np.asarray(k)].ravel() for p, k in
+                           zip(masks.prunable_leaves(params, m), masks.prunable_leaves(new, m))])
+    dropped = np.concatenate([np.abs(np.asarray(p))[~np.asarray(k)].ravel() for p, k in
+                              zip(masks.prunable_leaves(params, m), masks.prunable_leaves(new, m))])
+    if kept.size and dropped.size:
+        assert kept.min() >= dropped.max()
+
+
+def test_pruned_weights_stay_pruned_in_iterative_pruning():
+    params = _params()
+    m = masks.init_mask(params)
+    first = masks.global_magnitude_mask(params, m, 0.8)
+    # Make pruned weights huge: they must still not come back.
+    boosted = masks.map_prunable(lambda k, p: jnp.where(k, p, 1e6), first, params)
+    second = masks.global_magnitude_mask(boosted, first, 0.64)
+    for a, b in zip(masks.prunable_leaves(first, m), masks.prunable_leaves(second, m)):
+        assert not np.any(np.asarray(b) & ~np.asarray(a))
+    assert masks.count(second)["kept"] == int(round(0.64 * masks.count(m)["total"]))
+
+
+def test_topk_ties_are_deterministic_and_exact():
+    scores = {"a": {"kernel": jnp.zeros((4, 5))}, "b": {"kernel": jnp.zeros((5, 2))}}
+    m = masks.init_mask(scores)
+    out1 = masks.topk_global(scores, m, 7)
+    out2 = masks.topk_global(scores, m, 7)
+    assert masks.masks_equal(out1, out2)
+    assert masks.count(out1)["kept"] == 7
+    # earlier positions win ties
+    assert np.asarray(out1["a"]["kernel"]).ravel()[:7].all()
+
+
+def test_topk_treats_nan_as_lowest():
+    scores = {"a": {"kernel": jnp.array([[jnp.nan, 1.0], [2.0, jnp.nan]])}}
+    out = masks.topk_global(scores, masks.init_mask(scores), 2)
+    np.testing.assert_array_equal(np.asarray(out["a"]["kernel"]), [[False, True], [True, False]])
+
+
+def test_topk_per_layer_quotas():
+    params = _params()
+    m = masks.init_mask(params)
+    quotas = masks.quotas_from_densities(m, masks.uniform_densities(m, 0.3), total_density=0.3)
+    out = masks.topk_per_layer(masks.magnitude_scores(params, m), quotas)
+    c = masks.count(out)
+    assert c["kept"] == int(round(0.3 * c["total"]))
+    for name, (k, t) in c["layers"].items():
+        assert abs(k - 0.3 * t) <= 1, name
+
+
+def test_erk_reaches_target_and_caps_at_one():
+    m = masks.init_mask(_params())
+    d = masks.erk_densities(m, 0.1)
+    sizes = [np.size(x) for x in masks.prunable_leaves(m, m)]
+    dens = masks.prunable_leaves(d, m)
+    assert all(0.0 <= x <= 1.0 for x in dens)
+    np.testing.assert_allclose(sum(a * b for a, b in zip(dens, sizes)) / sum(sizes), 0.1, rtol=1e-6)
+    # smaller layers (more sum/prod) get higher density than the largest layer
+    assert dens[2] > dens[0]  # stem (3x3x3x8) vs block conv (3x3x8x16)
+    q = masks.quotas_from_densities(m, d, total_density=0.1)
+    assert sum(masks.prunable_leaves(q, m)) == int(round(0.1 * sum(sizes)))
+
+
+def test_random_mask_matches_densities_of_another_mask():
+    params = _params()
+    m = masks.init_mask(params)
+    ref = masks.global_magnitude_mask(params, m, 0.25)
+    rnd = masks.random_mask(jax.random.PRNGKey(3), m, masks.quotas_of(ref))
+    assert masks.count(rnd)["layers"] == masks.count(ref)["layers"]
+    assert not masks.masks_equal(rnd, ref)
+    again = masks.random_mask(jax.random.PRNGKey(3), m, masks.quotas_of(ref))
+    assert masks.masks_equal(rnd, again)
+
+
+def test_apply_mask_zeroes_and_keeps_unprunable():
+    params = _params()
+    m = masks.global_magnitude_mask(params, masks.init_mask(params), 0.5)
+    out = masks.apply_mask(params, m)
+    assert masks.zero_violations(out, m) == 0
+    assert masks.zero_violations(params, m) > 0
+    chex.assert_trees_all_equal(out["block"]["bn"], params["block"]["bn"])
+
+
+def test_no_recompilation_for_new_mask_values():
+    params = _params()
+    m = masks.init_mask(params)
+    f = jax.jit(masks.apply_mask)
+    topk = jax.jit(masks.topk_global)
+    for density in (0.9, 0.5, 0.1):
+        k = int(density * masks.count(m)["total"])
+        new = topk(masks.magnitude_scores(params, m), m, k)
+        f(params, new)
+    assert f._cache_size() == 1
+    assert topk._cache_size() == 1
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
+def test_check_sparsity_rejects_out_of_range(bad):
+    with pytest.raises(ValueError, match=r"outside \[0, 1\)"):
+        masks.check_sparsity(bad)
+
+
+def test_unknown_distribution_lists_valid_names():
+    with pytest.raises(ValueError, match="erk.*uniform"):
+        masks.layer_densities(masks.init_mask(_params()), 0.5, "bogus")

@@ -1,0 +1,116 @@
+"""Tests of ballot_jax.train: masked updates keep pruned weights at exactly 0, one compilation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ballot_jax import masks, train
+from conftest import random_batch
+
+
+def _setup(tiny_model, sparsity=0.5, **opt):
+    model, variables = tiny_model
+    cfg = train.OptimizerConfig(**opt)
+    tx = train.make_optimizer(cfg)
+    m = masks.global_magnitude_mask(variables["params"], masks.init_mask(variables["params"]), 1 - sparsity)
+    state = train.create_train_state(variables["params"], variables["batch_stats"], tx, m)
+    return model, tx, cfg, state
+
+
+@pytest.mark.parametrize("opt", [dict(optimizer="sgd", momentum=0.9, weight_decay=5e-2), dict(optimizer="adam", learning_rate=1e-2)])
+def test_masked_weights_stay_exactly_zero_and_others_move(tiny_model, opt):
+    model, tx, cfg, state = _setup(tiny_model, **opt)
+    # Momentum carried over from a denser mask: the masked update must still keep zeros.
+    step = train.make_train_step(model.apply, tx)
+    before = jax.tree.map(np.asarray, state.params)
+    lrs = train.learning_rates(train.make_schedule(cfg, 50), 50)
+    for i in range(50):
+        state, _ = step(state, random_batch(i), lrs[i])
+    assert masks.zero_violations(state.params, state.mask) == 0
+    for p0, p1, m in zip(masks.prunable_leaves(before, state.mask), masks.prunable_leaves(state.params, state.mask),
+                         masks.prunable_leaves(state.mask, state.mask)):
+        m = np.asarray(m)
+        p1 = np.asarray(p1)
+        assert np.all(p1[~m] == 0.0)
+        # every kept weight moved (none is frozen)
+        assert np.all(p1[m] != p0[m])
+    assert int(state.step) == 50
+
+
+def test_stale_momentum_from_denser_mask_is_masked(tiny_model):
+    model, tx, cfg, state = _setup(tiny_model, sparsity=0.0)
+    step = train.make_train_step(model.apply, tx)
+    for i in range(5):
+        state, _ = step(state, random_batch(i), 0.1)
+    # prune now, keeping the optimizer state (momentum is non-zero for the newly pruned weights)
+    new_mask = masks.global_magnitude_mask(state.params, state.mask, 0.3)
+    state = state.replace(mask=new_mask, params=masks.apply_mask(state.params, new_mask))
+    for i in range(10):
+        state, _ = step(state, random_batch(100 + i), 0.1)
+    assert masks.zero_violations(state.params, state.mask) == 0
+
+
+def test_one_compilation_across_masks_and_learning_rates(tiny_model):
+    model, tx, cfg, state = _setup(tiny_model)
+    step = train.make_train_step(model.apply, tx)
+    params = state.params
+    for i, density in enumerate([0.9, 0.5, 0.2]):
+        m = masks.global_magnitude_mask(params, state.mask, density)
+        state = train.create_train_state(params, state.batch_stats, tx, m)
+        for j in range(3):
+            state, _ = step(state, random_batch(j), 0.1 / (j + 1))
+        params = jax.tree.map(jnp.copy, state.params)
+    assert step._cache_size() == 1
+
+
+def test_loss_decreases_on_fixed_batch(tiny_model):
+    model, tx, cfg, state = _setup(tiny_model, sparsity=0.0, schedule="constant", weight_decay=0.0)
+    step = train.make_train_step(model.apply, tx)
+    batch = random_batch(0)
+    losses = []
+    for _ in range(60):
+        state, metrics = step(state, batch, 0.1)
+        losses.append(train.summarize(metrics)["loss"])
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_step_schedule_matches_paper_recipe():
+    cfg = train.OptimizerConfig()
+    lrs = train.learning_rates(train.make_schedule(cfg, 100), 100)
+    np.testing.assert_allclose(lrs[[0, 39, 40, 59, 60, 79, 80, 99]], [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", train.SCHEDULES)
+def test_every_schedule_builds(schedule):
+    cfg = train.OptimizerConfig(schedule=schedule, warmup_fraction=0.1)
+    lrs = train.learning_rates(train.make_schedule(cfg, 20), 20)
+    assert lrs.shape == (20,) and np.all(np.isfinite(lrs)) and lrs.max() <= 0.1 + 1e-6
+
+
+def test_unknown_optimizer_and_schedule_errors():
+    with pytest.raises(ValueError, match="valid"):
+        train.make_optimizer(train.OptimizerConfig(optimizer="lion"))
+    with pytest.raises(ValueError, match="valid"):
+        train.make_schedule(train.OptimizerConfig(schedule="wiggle"), 10)
+
+
+def test_eval_counts_ignore_padding(tiny_model):
+    model, tx, cfg, state = _setup(tiny_model)
+    ev = train.make_eval_step(model.apply)
+    b = random_batch(1)
+    padded = dict(b, weight=b["weight"].at[8:].set(0.0))
+    c_full = train.evaluate_counts(ev, state, [b], num_groups=2, num_classes=3)
+    c_pad = train.evaluate_counts(ev, state, [padded], num_groups=2, num_classes=3)
+    assert int(c_full.sum()) == 16 and int(c_pad.sum()) == 8
+
+
+def test_nonfinite_loss_is_flagged(tiny_model):
+    model, tx, cfg, state = _setup(tiny_model)
+    step = train.make_train_step(model.apply, tx)
+    b = random_batch(0)
+    b = dict(b, image=b["image"].at[0, 0, 0, 0].set(jnp.nan))
+    _, metrics = step(state, b, 0.1)
+    assert train.summarize(metrics)["nonfinite_steps"] == 1
