@@ -164,14 +164,19 @@ def check_sparsity(value: float, name: str = "sparsity") -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _keep_top(scores: jnp.ndarray, k: jnp.ndarray) -> jnp.ndarray:
+def _keep_top(scores: jnp.ndarray, k: jnp.ndarray, tiebreak: jnp.ndarray | None = None) -> jnp.ndarray:
     """Boolean mask keeping exactly ``k`` largest entries of a flat vector.
 
-    NaN counts as -inf. Ties are broken deterministically by position (earlier index wins), so
-    the same scores always give the same mask. ``k`` may be a traced integer.
+    NaN counts as -inf. Ties are broken by ``tiebreak`` (larger wins) when given, then by
+    position (earlier index wins), so the same inputs always give the same mask. ``k`` may be a
+    traced integer.
     """
     s = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
-    order = jnp.argsort(-s, stable=True)
+    if tiebreak is None:
+        order = jnp.argsort(-s, stable=True)
+    else:
+        t = jnp.where(jnp.isnan(tiebreak), -jnp.inf, tiebreak)
+        order = jnp.lexsort((-t, -s))  # last key is primary; lexsort is stable
     ranks = jnp.zeros_like(order).at[order].set(jnp.arange(order.size, dtype=order.dtype))
     return ranks < k
 
@@ -193,16 +198,25 @@ def topk_global(scores: PyTree, mask: Mask, k: int | jnp.ndarray) -> Mask:
     return _unflatten_prunable(mask, out)
 
 
-def topk_per_layer(scores: PyTree, quotas: PyTree) -> Mask:
+def topk_per_layer(scores: PyTree, quotas: PyTree, tiebreak: PyTree | None = None) -> Mask:
     """Keeps, in each prunable layer l, exactly ``quotas[l]`` highest-scoring weights.
 
     ``quotas`` is a tree shaped like the mask with integer leaves (``None`` where not
-    prunable). Deterministic tie-break by position. Jittable; quotas may be traced.
+    prunable). Ties are broken by the optional ``tiebreak`` tree (larger wins), then by
+    position. Jittable; quotas may be traced.
     """
+    if tiebreak is None:
+        return jax.tree.map(
+            lambda q, s: None if q is None else _keep_top(jnp.ravel(s), q).reshape(jnp.shape(s)),
+            quotas,
+            scores,
+            is_leaf=_is_none,
+        )
     return jax.tree.map(
-        lambda q, s: None if q is None else _keep_top(jnp.ravel(s), q).reshape(jnp.shape(s)),
+        lambda q, s, t: None if q is None else _keep_top(jnp.ravel(s), q, jnp.ravel(t)).reshape(jnp.shape(s)),
         quotas,
         scores,
+        tiebreak,
         is_leaf=_is_none,
     )
 

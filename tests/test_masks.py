@@ -145,3 +145,11 @@ def test_check_sparsity_rejects_out_of_range(bad):
 def test_unknown_distribution_lists_valid_names():
     with pytest.raises(ValueError, match="erk.*uniform"):
         masks.layer_densities(masks.init_mask(_params()), 0.5, "bogus")
+
+
+def test_topk_per_layer_tiebreak_is_lexicographic():
+    votes = {"a": {"kernel": jnp.array([[2.0, 2.0, 1.0, 2.0]])}}
+    tie = {"a": {"kernel": jnp.array([[0.1, 0.5, 9.0, 0.3]])}}
+    quotas = {"a": {"kernel": 2}}
+    out = masks.topk_per_layer(votes, quotas, tie)
+    np.testing.assert_array_equal(np.asarray(out["a"]["kernel"]), [[False, True, False, True]])

@@ -1,0 +1,102 @@
+"""Stages shared by several methods: dense training, magnitude tickets, rewind-and-retrain.
+
+Stage tags (the integers that seed each stage's data order) are fixed here so that two methods
+retraining "the same way" see the same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from ballot_jax import loop, masks
+
+DENSE_TAG, TICKET_TAG, RETRAIN_TAG = 1, 2, 3
+
+
+def target_density(ctx: loop.Context) -> float:
+    """1 − sparsity, the fraction of prunable weights every method keeps."""
+    return 1.0 - masks.check_sparsity(ctx.config.sparsity)
+
+
+def rewind_step(ctx: loop.Context) -> int:
+    """Late-rewinding step k (0 = rewind to θ0)."""
+    return int(ctx.config.get("rewind_step", 0) or 0)
+
+
+def dense_stage(ctx: loop.Context) -> loop.Stage:
+    """Dense training for ``dense_epochs``; keeps θ0 (or θ_k when ``rewind_step`` = k > 0)."""
+    epochs = int(ctx.config.get("dense_epochs", ctx.config.epochs))
+
+    def epoch(c: loop.Context, state: loop.RunState, e: int):
+        k = rewind_step(c)
+        captured = {}
+
+        def after_step(ts, step):
+            if k and step == k:
+                captured["params"] = jax.tree.map(jnp.copy, ts.params)
+                captured["batch_stats"] = jax.tree.map(jnp.copy, ts.batch_stats)
+
+        ts, info, _ = loop.train_epoch(c, state.train, stage="dense", stage_tag=DENSE_TAG, epoch=e, epochs=epochs,
+                                       after_step=after_step if k else None)
+        state = state.replace(train=ts)
+        if captured:
+            state = state.replace(rewind_params=captured["params"], rewind_batch_stats=captured["batch_stats"])
+            info["rewind_point_saved_at_step"] = k
+        return state, info
+
+    def end(c: loop.Context, state: loop.RunState):
+        return state, {"val": loop.evaluate(c, state.train, "val")}
+
+    return loop.Stage("dense", epochs=epochs, epoch=epoch, end=end)
+
+
+def magnitude_ticket(ctx: loop.Context, state: loop.RunState, density: float | None = None) -> masks.Mask:
+    """Global-magnitude mask of the current (trained) params at the target density."""
+    density = target_density(ctx) if density is None else density
+    return masks.global_magnitude_mask(state.train.params, state.train.mask, density)
+
+
+def rewind_to(ctx: loop.Context, state: loop.RunState, mask: masks.Mask) -> loop.RunState:
+    """θ0 (or θ_k) with ``mask`` applied and a fresh optimizer state (lr schedule restarts)."""
+    ts = loop.fresh_train_state(ctx, state.rewind_params, state.rewind_batch_stats, mask)
+    return state.replace(train=ts)
+
+
+def continue_with(ctx: loop.Context, state: loop.RunState, mask: masks.Mask) -> loop.RunState:
+    """The current trained weights with ``mask`` applied and a fresh optimizer state (fine-tuning)."""
+    ts = loop.fresh_train_state(ctx, state.train.params, state.train.batch_stats, mask)
+    return state.replace(train=ts)
+
+
+def train_stage(
+    name: str,
+    epochs: int,
+    stage_tag: int = RETRAIN_TAG,
+    begin: Callable[[loop.Context, loop.RunState], tuple[loop.RunState, dict[str, Any]]] | None = None,
+) -> loop.Stage:
+    """``epochs`` epochs of masked training after an optional ``begin`` (e.g. prune + rewind).
+
+    Ends with the validation metrics of the result.
+    """
+
+    def epoch(c: loop.Context, state: loop.RunState, e: int):
+        ts, info, _ = loop.train_epoch(c, state.train, stage=name, stage_tag=stage_tag, epoch=e, epochs=epochs)
+        return state.replace(train=ts), info
+
+    def end(c: loop.Context, state: loop.RunState):
+        return state, {"val": loop.evaluate(c, state.train, "val"), "mask": masks.summary(state.train.mask)["sparsity"]}
+
+    return loop.Stage(name, epochs=epochs, begin=begin, epoch=epoch, end=end)
+
+
+def retrain_epochs(ctx: loop.Context) -> int:
+    """The retraining budget every method gets after choosing its mask."""
+    return int(ctx.config.epochs)
+
+
+def with_mask_info(mask: masks.Mask, **extra: Any) -> dict[str, Any]:
+    """A stage info dict with the chosen mask's sparsity."""
+    return {"sparsity": masks.sparsity(mask), **extra}
