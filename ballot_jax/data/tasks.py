@@ -1,0 +1,676 @@
+"""Tasks: which dataset, which attribute is the label, which examples form a group.
+
+``load_task(config)`` turns a config into a :class:`TaskData` with three
+:class:`~ballot_jax.data.pipeline.Split` objects (train / val / test).
+
+Config keys (``ml_collections.ConfigDict`` or a plain dict; other keys are
+ignored, so the training config can be passed whole):
+
+================  ==================  ===============================================
+key               default             meaning
+================  ==================  ===============================================
+dataset           ``"quickstart"``    quickstart | utk_face | celeb_a | cifar10_s |
+                                      cifar100 | tiny_imagenet
+label             per dataset         attribute used as the class label: utk_face:
+                                      race (default) | gender | age_bins; celeb_a: any
+                                      of the 40 attributes (default ``Smiling``);
+                                      cifar10_s / cifar100 / tiny_imagenet /
+                                      quickstart: ``label`` (cifar100 also
+                                      ``coarse_label``)
+groups            ``"classes"``       ``"classes"`` (group = label, the paper's
+                                      default), an attribute name (``race``,
+                                      ``gender``, ``age_bins``, ``color``, ``Male``,
+                                      ``coarse_label``...) or ``"classes*ATTR"``
+                                      (group = label * n_ATTR + ATTR)
+image_size        per dataset         output side length: quickstart 16, cifar10_s
+                                      and cifar100 32, tiny_imagenet / utk_face /
+                                      celeb_a 64 (non-square images are centre-
+                                      cropped to a square, then resized bilinearly)
+data_dir          ``None``            TFDS data dir (None: TFDS's default,
+                                      ``~/tensorflow_datasets`` or $TFDS_DATA_DIR)
+manual_dir        ``None``            where the downloaded archives are (None:
+                                      ``<data_dir>/downloads/manual``)
+prepare           ``True``            prepare a missing dataset from manual_dir
+in_memory         ``"auto"``          hold splits as ArraySplits (True), stream them
+                                      from disk with grain (False), or decide by size
+                                      (``"auto"``: in memory if all three splits at
+                                      ``image_size`` as uint8 fit in
+                                      ``in_memory_max_mb``)
+in_memory_max_mb  ``2048``            threshold for ``in_memory="auto"``
+data_on_device    ``False``           place in-memory splits on the device (implies
+                                      in memory): jitted gather + augmentation
+worker_count      ``0``               grain worker processes of streamed splits (0:
+                                      read in the training process; right for 2
+                                      cores)
+read_threads      ``2``               grain reader threads of streamed splits
+train_limit       ``None``            keep only the first N examples (in stored
+val_limit                             order) of that split, for benchmarks and smoke
+test_limit                            runs; None keeps all
+data_seed         ``0``               quickstart only: seed of its split/rendering
+color_fraction    ``0.95``            quickstart only: colour share of digits 0-4
+val_fraction      ``0.1``             quickstart only (the TFDS builders come with a
+test_fraction     ``0.3``             fixed validation split)
+================  ==================  ===============================================
+
+The train / val / test splits are the builders' ``train`` / ``validation`` /
+``test`` splits. Batches: see :mod:`ballot_jax.data.pipeline` (images
+``float32`` in ``[0, 1]``, plus ``label``, ``group``, ``weight``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ballot_jax.data import pipeline
+from ballot_jax.data.pipeline import ArraySplit, SourceSplit, Split
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TaskData",
+    "DataNotFoundError",
+    "DATASET_SPECS",
+    "DEFAULTS",
+    "load_task",
+    "task_from_sources",
+    "group_ids",
+]
+
+CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+COLOR_NAMES = ("color", "gray")
+UTK_RACE_NAMES = ("white", "black", "asian", "indian", "others")
+UTK_GENDER_NAMES = ("male", "female")
+UTK_AGE_BINS = ((0, 19), (20, 39), (40, 59), (60, None))
+UTK_AGE_BIN_NAMES = ("0-19", "20-39", "40-59", "60+")
+CELEB_A_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
+    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
+    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
+    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+
+DEFAULTS: dict[str, Any] = {
+    "dataset": "quickstart",
+    "label": None,
+    "groups": "classes",
+    "image_size": None,
+    "data_dir": None,
+    "manual_dir": None,
+    "prepare": True,
+    "in_memory": "auto",
+    "in_memory_max_mb": 2048,
+    "data_on_device": False,
+    "worker_count": 0,
+    "read_threads": 2,
+    "train_limit": None,
+    "val_limit": None,
+    "test_limit": None,
+    "data_seed": 0,
+    "color_fraction": 0.95,
+    "val_fraction": 0.1,
+    "test_fraction": 0.3,
+}
+
+_SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # (TaskData field, stored split)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset is neither prepared in data_dir nor available as a manual download."""
+
+
+# ---------------------------------------------------------------------------
+# Dataset specifications.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Attribute:
+    """A categorical per-example attribute usable as label and/or group.
+
+    ``extract`` maps a stored example (dict) to an int in ``[0, num)``;
+    ``feature`` names a TFDS ClassLabel feature whose names replace the
+    default ``names`` when the builder provides them.
+    """
+
+    name: str
+    num: int
+    names: tuple[str, ...]
+    extract: Callable[[Mapping[str, Any]], int]
+    description: str
+    feature: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """How a user-facing dataset name maps to stored data and attributes."""
+
+    name: str
+    builder: str | None  # None: embedded (quickstart)
+    labels: tuple[str, ...]
+    attributes: Mapping[str, Attribute]
+    default_label: str
+    default_image_size: int
+
+
+def _feature(key: str) -> Callable[[Mapping[str, Any]], int]:
+    def extract(example: Mapping[str, Any]) -> int:
+        return int(example[key])
+
+    extract.__name__ = f"feature_{key}"
+    return extract
+
+
+def _age_bin(example: Mapping[str, Any]) -> int:
+    """UTKFace age -> bin: 0-19 -> 0, 20-39 -> 1, 40-59 -> 2, 60+ -> 3."""
+    return min(max(int(example["age"]), 0) // 20, 3)
+
+
+def _celeb_attr(attr: str) -> Callable[[Mapping[str, Any]], int]:
+    def extract(example: Mapping[str, Any]) -> int:
+        return int(np.asarray(example["attributes"][attr]).item() > 0)  # 0/1 (also tolerates -1/1)
+
+    extract.__name__ = f"celeb_a_{attr}"
+    return extract
+
+
+def _class_attr(n: int, names: Sequence[str] | None, description: str, key: str = "label") -> Attribute:
+    names = tuple(names) if names is not None else tuple(f"class_{i}" for i in range(n))
+    return Attribute(key, n, names, _feature(key), description, feature=key)
+
+
+def _make_specs() -> dict[str, DatasetSpec]:
+    color = Attribute("color", 2, COLOR_NAMES, _feature("color"), "0 = colour image, 1 = gray image")
+    utk = {
+        "race": Attribute("race", 5, UTK_RACE_NAMES, _feature("race"), "UTKFace race: " + ", ".join(UTK_RACE_NAMES),
+                          feature="race"),
+        "gender": Attribute("gender", 2, UTK_GENDER_NAMES, _feature("gender"), "UTKFace gender: 0 male, 1 female",
+                            feature="gender"),
+        "age_bins": Attribute("age_bins", 4, UTK_AGE_BIN_NAMES, _age_bin,
+                              "UTKFace age in years binned as 0-19, 20-39, 40-59, 60+"),
+    }
+    celeb = {a: Attribute(a, 2, (f"not_{a}", a), _celeb_attr(a), f"CelebA attribute {a} (0 absent, 1 present)")
+             for a in CELEB_A_ATTRIBUTES}
+    return {
+        "quickstart": DatasetSpec(
+            "quickstart", None, ("label",),
+            {"label": _class_attr(10, [str(d) for d in range(10)], "digit 0-9"), "color": color}, "label", 16),
+        "utk_face": DatasetSpec("utk_face", "utk_face", ("race", "gender", "age_bins"), utk, "race", 64),
+        "celeb_a": DatasetSpec("celeb_a", "celeb_a_manual", CELEB_A_ATTRIBUTES, celeb, "Smiling", 64),
+        "cifar10_s": DatasetSpec(
+            "cifar10_s", "cifar10_s", ("label",),
+            {"label": _class_attr(10, CIFAR10_CLASS_NAMES, "CIFAR-10 class"), "color": color}, "label", 32),
+        "cifar100": DatasetSpec(
+            "cifar100", "cifar100_manual", ("label", "coarse_label"),
+            {"label": _class_attr(100, None, "CIFAR-100 fine class"),
+             "coarse_label": _class_attr(20, None, "CIFAR-100 superclass", key="coarse_label")}, "label", 32),
+        "tiny_imagenet": DatasetSpec(
+            "tiny_imagenet", "tiny_imagenet", ("label",),
+            {"label": _class_attr(200, None, "Tiny ImageNet class (WordNet id)")}, "label", 64),
+    }
+
+
+DATASET_SPECS: dict[str, DatasetSpec] = _make_specs()
+
+
+def _spec(dataset: str) -> DatasetSpec:
+    """The spec of a dataset name (builder names such as ``celeb_a_manual`` are accepted too)."""
+    for spec in DATASET_SPECS.values():
+        if dataset == spec.builder:
+            return spec
+    if dataset not in DATASET_SPECS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid datasets: {', '.join(DATASET_SPECS)}")
+    return DATASET_SPECS[dataset]
+
+
+def _group_choices(spec: DatasetSpec) -> list[str]:
+    return ["classes"] + list(spec.attributes) + [f"classes*{a}" for a in spec.attributes]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resolved:
+    """A parsed (label, groups) choice."""
+
+    label: str
+    group_attr: str | None  # None: groups are the classes
+    intersect: bool  # group = label * n_attr + attr
+
+
+def _resolve(spec: DatasetSpec, label: str | None, groups: str | None) -> _Resolved:
+    """Validates label / groups for ``spec``; raises ValueError listing valid values."""
+    label = spec.default_label if label is None else str(label)
+    if label not in spec.labels:
+        raise ValueError(f"unknown label {label!r} for dataset {spec.name!r}; valid labels: {', '.join(spec.labels)}")
+    groups = "classes" if groups is None else str(groups)
+    if groups == "classes":
+        return _Resolved(label, None, False)
+    if groups.startswith("classes*") and groups[len("classes*"):] in spec.attributes:
+        return _Resolved(label, groups[len("classes*"):], True)
+    if groups in spec.attributes:
+        return _Resolved(label, groups, False)
+    raise ValueError(f"unknown groups {groups!r} for dataset {spec.name!r}; valid groups: "
+                     f"{', '.join(_group_choices(spec))}")
+
+
+def group_ids(labels: np.ndarray, attr: np.ndarray | None, num_attr: int | None, intersect: bool) -> np.ndarray:
+    """Group ids: the labels (``attr is None``), the attribute, or ``label * num_attr + attr``."""
+    labels = np.asarray(labels, np.int32)
+    if attr is None:
+        return labels.copy()
+    attr = np.asarray(attr, np.int32)
+    if intersect:
+        if num_attr is None:
+            raise ValueError("num_attr is required for an intersection")
+        return labels * np.int32(num_attr) + attr
+    return attr.copy()
+
+
+def _group_names(class_names: Sequence[str], attr_names: Sequence[str] | None, intersect: bool) -> list[str]:
+    if attr_names is None:
+        return list(class_names)
+    if intersect:
+        return [f"{c}/{a}" for c in class_names for a in attr_names]
+    return list(attr_names)
+
+
+# ---------------------------------------------------------------------------
+# Task container.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class TaskData:
+    """Everything the training loop needs to know about the data of a task.
+
+    ``info`` holds: ``dataset``, ``builder``, ``label`` / ``label_definition``,
+    ``groups`` / ``group_definition``, ``image_size``, ``storage`` (per split:
+    "memory-host", "memory-device" or "stream"), ``counts`` (examples per split),
+    ``class_counts`` / ``group_counts`` (per split, lists indexed by id),
+    ``limits`` and ``skipped`` (inputs the preparation left out, when known).
+    """
+
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    num_groups: int
+    class_names: list[str]
+    group_names: list[str]
+    image_shape: tuple[int, int, int]
+    info: dict[str, Any]
+
+    def splits(self) -> dict[str, Split]:
+        """``{"train": ..., "val": ..., "test": ...}``."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def _get(config: Any, key: str) -> Any:
+    """``config[key]`` with the documented default (ConfigDict or Mapping)."""
+    if config is None:
+        return DEFAULTS[key]
+    try:
+        value = config.get(key, DEFAULTS[key])
+    except AttributeError:
+        value = getattr(config, key, DEFAULTS[key])
+    return value
+
+
+def _limit(config: Any, field: str) -> int | None:
+    value = _get(config, f"{field}_limit")
+    if value is None:
+        return None
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"{field}_limit must be >= 0, got {value}")
+    return value
+
+
+def _counts(ids: np.ndarray, n: int) -> list[int]:
+    return np.bincount(np.asarray(ids, np.int64), minlength=n)[:n].astype(int).tolist()
+
+
+def _check_range(name: str, values: np.ndarray, n: int, split: str) -> None:
+    if len(values) and (values.min() < 0 or values.max() >= n):
+        raise ValueError(f"{split}: {name} values outside [0, {n}): min {values.min()}, max {values.max()}")
+
+
+def _assemble(
+    spec: DatasetSpec,
+    resolved: _Resolved,
+    splits: Mapping[str, Any],
+    attr_names: Mapping[str, tuple[str, ...]],
+    image_size: int,
+    extra_info: Mapping[str, Any],
+) -> TaskData:
+    """Builds TaskData from per-split Split objects (already holding labels/groups)."""
+    label_attr = spec.attributes[resolved.label]
+    class_names = list(attr_names[resolved.label])
+    group_attr_names = attr_names[resolved.group_attr] if resolved.group_attr else None
+    group_names = _group_names(class_names, group_attr_names, resolved.intersect)
+    num_classes, num_groups = len(class_names), len(group_names)
+    if resolved.group_attr is None:
+        group_def = f"groups = classes ({label_attr.description})"
+    else:
+        attr = spec.attributes[resolved.group_attr]
+        group_def = (f"group = label * {len(group_attr_names)} + {attr.name} ({attr.description})"
+                     if resolved.intersect else f"group = {attr.name} ({attr.description})")
+    info: dict[str, Any] = {
+        "dataset": spec.name,
+        "builder": spec.builder,
+        "label": resolved.label,
+        "label_definition": label_attr.description,
+        "groups": ("classes" if resolved.group_attr is None
+                   else (f"classes*{resolved.group_attr}" if resolved.intersect else resolved.group_attr)),
+        "group_definition": group_def,
+        "image_size": image_size,
+        "storage": {},
+        "counts": {},
+        "class_counts": {},
+        "group_counts": {},
+    }
+    for field, split in splits.items():
+        _check_range("label", split.labels, num_classes, field)
+        _check_range("group", split.groups, num_groups, field)
+        info["counts"][field] = split.num_examples
+        info["class_counts"][field] = _counts(split.labels, num_classes)
+        info["group_counts"][field] = _counts(split.groups, num_groups)
+        if isinstance(split, ArraySplit):
+            info["storage"][field] = "memory-device" if split.on_device else "memory-host"
+        else:
+            info["storage"][field] = "stream"
+    info.update(extra_info)
+    return TaskData(
+        train=splits["train"], val=splits["val"], test=splits["test"],
+        num_classes=num_classes, num_groups=num_groups,
+        class_names=class_names, group_names=group_names,
+        image_shape=(image_size, image_size, 3), info=info,
+    )
+
+
+def _labels_groups(resolved: _Resolved, values: Mapping[str, np.ndarray],
+                   attr_names: Mapping[str, tuple[str, ...]]) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(values[resolved.label], np.int32)
+    if resolved.group_attr is None:
+        return labels, group_ids(labels, None, None, False)
+    n_attr = len(attr_names[resolved.group_attr])
+    return labels, group_ids(labels, values[resolved.group_attr], n_attr, resolved.intersect)
+
+
+# ---------------------------------------------------------------------------
+# Quickstart (embedded data).
+# ---------------------------------------------------------------------------
+
+
+def _load_quickstart(config: Any, spec: DatasetSpec, resolved: _Resolved) -> TaskData:
+    from ballot_jax.data.quickstart import quickstart_arrays  # pylint: disable=import-outside-toplevel
+
+    image_size = int(_get(config, "image_size") or spec.default_image_size)
+    arrays = quickstart_arrays(
+        image_size=image_size, seed=int(_get(config, "data_seed")),
+        color_fraction=float(_get(config, "color_fraction")),
+        val_fraction=float(_get(config, "val_fraction")), test_fraction=float(_get(config, "test_fraction")),
+    )
+    on_device = bool(_get(config, "data_on_device"))
+    attr_names = {k: a.names for k, a in spec.attributes.items()}
+    splits: dict[str, ArraySplit] = {}
+    limits: dict[str, int | None] = {}
+    for field, stored in _SPLITS:
+        data = arrays[stored]
+        limit = _limit(config, field)
+        limits[field] = limit
+        keep = slice(None) if limit is None else slice(0, limit)
+        values = {"label": data["label"][keep], "color": data["color"][keep]}
+        labels, groups = _labels_groups(resolved, values, attr_names)
+        splits[field] = ArraySplit(data["image"][keep], labels, groups, on_device=on_device, name=field)
+    extra = {"limits": limits, "skipped": [], "note": "quickstart: a smoke demo built from sklearn digits, "
+             "not a benchmark (see ballot_jax.data.quickstart)"}
+    return _assemble(spec, resolved, splits, attr_names, image_size, extra)
+
+
+# ---------------------------------------------------------------------------
+# Generic path over random-access sources (TFDS data sources or fakes).
+# ---------------------------------------------------------------------------
+
+
+def _scan(source: Sequence[Mapping[str, Any]], indices: np.ndarray,
+          attrs: Sequence[Attribute], chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Reads the given attributes of ``source[indices]`` (in chunks when supported)."""
+    out = {a.name: np.empty(len(indices), np.int32) for a in attrs}
+    getitems = getattr(source, "__getitems__", None)
+    for start in range(0, len(indices), chunk):
+        idx = [int(i) for i in indices[start : start + chunk]]
+        examples = getitems(idx) if getitems is not None else [source[i] for i in idx]
+        for j, ex in enumerate(examples):
+            for a in attrs:
+                out[a.name][start + j] = a.extract(ex)
+    return out
+
+
+def _use_memory(config: Any, sizes: Sequence[int], image_size: int) -> bool:
+    in_memory = _get(config, "in_memory")
+    if bool(_get(config, "data_on_device")):
+        if in_memory is False:
+            raise ValueError("data_on_device=True needs the data in memory; in_memory=False contradicts it")
+        return True
+    if in_memory == "auto" or in_memory is None:
+        total = sum(pipeline.estimated_bytes(n, image_size) for n in sizes)
+        return total <= float(_get(config, "in_memory_max_mb")) * 2**20
+    if isinstance(in_memory, (bool, np.bool_)):
+        return bool(in_memory)
+    raise ValueError(f"in_memory must be True, False or 'auto', got {in_memory!r}")
+
+
+def _progress_logger(what: str) -> Callable[[int, int], None]:
+    """Logs loading progress at every further 10%."""
+    state = {"next": 0.1}
+
+    def progress(done: int, total: int) -> None:
+        if total and done / total >= state["next"]:
+            logger.info("%s: %d/%d examples loaded", what, done, total)
+            state["next"] = (int(done * 10 / total) + 1) / 10
+
+    return progress
+
+
+def task_from_sources(
+    dataset: str,
+    sources: Mapping[str, Sequence[Mapping[str, Any]]],
+    config: Any = None,
+    *,
+    label_sources: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    feature_names: Mapping[str, Sequence[str]] | None = None,
+    extra_info: Mapping[str, Any] | None = None,
+) -> TaskData:
+    """Builds the task of ``dataset`` from random-access sources of stored examples.
+
+    Args:
+      dataset: a key of :data:`DATASET_SPECS` (not ``quickstart``).
+      sources: ``{"train"|"validation"|"test": Sequence of example dicts}`` with
+        the builder's feature names (``image`` is a uint8 ``[H, W, 3]`` array).
+      config: task config (see the module docstring); ``dataset`` in it is ignored.
+      label_sources: the same examples read without image decoding (used to scan
+        labels and attributes cheaply); defaults to ``sources``.
+      feature_names: class names of ClassLabel features (e.g. the builder's
+        ``info.features["label"].names``) overriding the built-in names.
+      extra_info: merged into ``TaskData.info``.
+    """
+    spec = _spec(dataset)
+    if spec.builder is None:
+        raise ValueError(f"{dataset!r} is embedded; use load_task")
+    resolved = _resolve(spec, _get(config, "label"), _get(config, "groups"))
+    image_size = int(_get(config, "image_size") or spec.default_image_size)
+    attr_names: dict[str, tuple[str, ...]] = {}
+    for key, attr in spec.attributes.items():
+        names = attr.names
+        if feature_names and attr.feature and attr.feature in feature_names:
+            names = tuple(str(n) for n in feature_names[attr.feature])
+            if len(names) != attr.num:
+                raise ValueError(f"{dataset}: feature {attr.feature!r} has {len(names)} classes, expected {attr.num}")
+        attr_names[key] = names
+    needed = [spec.attributes[resolved.label]]
+    if resolved.group_attr and resolved.group_attr != resolved.label:
+        needed.append(spec.attributes[resolved.group_attr])
+
+    label_sources = label_sources or sources
+    scanned: dict[str, tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+    limits: dict[str, int | None] = {}
+    for field, stored in _SPLITS:
+        if stored not in sources:
+            raise ValueError(f"{dataset}: missing split {stored!r}; have {sorted(sources)}")
+        n = len(sources[stored])
+        limit = _limit(config, field)
+        limits[field] = limit
+        indices = np.arange(n if limit is None else min(limit, n), dtype=np.int64)
+        scanned[field] = (indices, _scan(label_sources[stored], indices, needed))
+
+    in_memory = _use_memory(config, [len(v[0]) for v in scanned.values()], image_size)
+    on_device = bool(_get(config, "data_on_device"))
+    splits: dict[str, Split] = {}
+    for field, stored in _SPLITS:
+        indices, values = scanned[field]
+        labels, groups = _labels_groups(resolved, values, attr_names)
+        split = SourceSplit(sources[stored], labels, groups, image_size=image_size, indices=indices,
+                            worker_count=int(_get(config, "worker_count")),
+                            read_threads=int(_get(config, "read_threads")), name=field)
+        if in_memory:
+            logger.info("%s/%s: loading %d examples into memory at %dx%d", dataset, field, len(indices),
+                        image_size, image_size)
+            split = split.materialize(on_device=on_device, progress=_progress_logger(f"{dataset}/{field}"))
+        splits[field] = split
+    info = {"limits": limits, "skipped": []}
+    info.update(extra_info or {})
+    return _assemble(spec, resolved, splits, attr_names, image_size, info)
+
+
+# ---------------------------------------------------------------------------
+# TFDS builders (prepared by ballot_jax.data.prepare).
+# ---------------------------------------------------------------------------
+
+
+def _prepare_module() -> Any:
+    """``ballot_jax.data.prepare``, imported on first use (it imports TFDS builders)."""
+    from ballot_jax.data import prepare  # pylint: disable=import-outside-toplevel
+
+    return prepare
+
+
+def _prepare_key(prepare: Any, spec: DatasetSpec) -> str:
+    """The name ``prepare.prepare`` / ``builder_for`` know the dataset by."""
+    known = getattr(prepare, "DATASETS", None)
+    if known is not None and spec.builder not in known and spec.name in known:
+        return spec.name
+    return str(spec.builder)
+
+
+def _default_data_dir() -> str:
+    """TFDS's default data dir: $TFDS_DATA_DIR or ``~/tensorflow_datasets``."""
+    return os.path.expanduser(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets")
+
+
+def _missing_message(spec: DatasetSpec, builder: Any, manual_dir: str, cause: str | None, can_prepare: bool) -> str:
+    instructions = str(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", "") or "").strip()
+    instructions = instructions.replace("<manual_dir>", manual_dir)
+    lines = [
+        f"Dataset {spec.name!r} (TFDS builder {spec.builder!r}) is not prepared in {builder.data_dir!r}.",
+    ]
+    if can_prepare:
+        lines.append(f"It can be prepared from the manual download, but that is missing from manual_dir={manual_dir!r}.")
+    else:
+        lines.append("Preparation is disabled (config.prepare=False).")
+    if instructions:
+        lines.append("What to place in manual_dir:\n" + instructions)
+    if cause:
+        lines.append(f"(preparation reported: {cause})")
+    lines.append("Then rerun, or prepare explicitly with ballot_jax.data.prepare.prepare"
+                 f"({spec.builder!r}, {manual_dir!r}, <data_dir>).")
+    return "\n".join(lines)
+
+
+def _read_skipped(builder: Any) -> list[Any]:
+    path = os.path.join(str(builder.data_dir), "prepare_report.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return list(json.load(f).get("skipped", []))
+    except (OSError, ValueError):
+        return []
+
+
+def _ensure_prepared(spec: DatasetSpec, config: Any) -> tuple[Any, dict[str, Any]]:
+    """The prepared builder of ``spec``, preparing it from manual_dir if needed."""
+    prepare = _prepare_module()
+    key = _prepare_key(prepare, spec)
+    data_dir = _get(config, "data_dir")
+    data_dir = _default_data_dir() if data_dir is None else os.path.expanduser(str(data_dir))
+    builder = prepare.builder_for(key, data_dir)
+    extra: dict[str, Any] = {"data_dir": str(builder.data_dir)}
+    if builder.is_prepared():
+        return builder, extra
+    manual_dir = _get(config, "manual_dir")
+    manual_dir = (os.path.join(data_dir, "downloads", "manual") if manual_dir is None
+                  else os.path.expanduser(str(manual_dir)))
+    if not bool(_get(config, "prepare")):
+        raise DataNotFoundError(_missing_message(spec, builder, manual_dir, None, can_prepare=False))
+    logger.warning("%s is not prepared in %s; preparing it from %s (one-off)", spec.name, builder.data_dir,
+                   manual_dir)
+    try:
+        report = prepare.prepare(key, manual_dir, data_dir)
+    except FileNotFoundError as err:
+        raise DataNotFoundError(_missing_message(spec, builder, manual_dir, str(err).splitlines()[0],
+                                                 can_prepare=True)) from err
+    summary = report.format() if callable(getattr(report, "format", None)) else report
+    logger.info("prepared %s:\n%s", spec.name, summary)
+    extra["prepared_now"] = True
+    builder = prepare.builder_for(key, data_dir)
+    return builder, extra
+
+
+def _label_source(builder: Any, split: str) -> Sequence[Mapping[str, Any]]:
+    """A data source of ``split`` that skips image decoding (falls back to the plain one)."""
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+        return builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    except Exception:  # pylint: disable=broad-except  # decoding options vary across TFDS versions
+        return builder.as_data_source(split)
+
+
+def _builder_feature_names(builder: Any) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    try:
+        features = builder.info.features
+        for key in features.keys():
+            names = getattr(features[key], "names", None)
+            if names:
+                out[key] = list(names)
+    except Exception:  # pylint: disable=broad-except
+        pass
+    return out
+
+
+def load_task(config: Any) -> TaskData:
+    """Loads the task described by ``config`` (keys and defaults: module docstring).
+
+    Raises:
+      ValueError: unknown dataset / label / groups (the message lists the valid ones).
+      DataNotFoundError: the dataset is not prepared and its manual download is
+        not in ``manual_dir`` (the message names the file and the directory).
+    """
+    spec = _spec(str(_get(config, "dataset")))
+    resolved = _resolve(spec, _get(config, "label"), _get(config, "groups"))
+    if spec.builder is None:
+        return _load_quickstart(config, spec, resolved)
+    builder, extra = _ensure_prepared(spec, config)
+    stored = [s for _, s in _SPLITS]
+    sources = {s: builder.as_data_source(s) for s in stored}
+    label_sources = {s: _label_source(builder, s) for s in stored}
+    extra["skipped"] = _read_skipped(builder)
+    return task_from_sources(spec.name, sources, config, label_sources=label_sources,
+                             feature_names=_builder_feature_names(builder), extra_info=extra)
