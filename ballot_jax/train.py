@@ -41,9 +41,10 @@ def create_train_state(
 ) -> TrainState:
     """A fresh state (step 0, new optimizer state) with the mask applied to ``params``.
 
-    The arrays are copied, so the caller's trees (e.g. the rewind point θ0) survive the train
-    step's buffer donation.
+    The arrays (mask included) are copied, so the caller's trees (e.g. the rewind point θ0 or a
+    mask shared with another state) survive the train step's buffer donation.
     """
+    mask = jax.tree.map(jnp.copy, mask)
     params = jax.tree.map(jnp.copy, masks.apply_mask(params, mask))
     batch_stats = jax.tree.map(jnp.copy, batch_stats or {})
     return TrainState(

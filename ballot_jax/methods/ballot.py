@@ -106,7 +106,8 @@ def _group_cosines(ctx: loop.Context, state: loop.RunState, n_batches: int) -> l
     return None if total is None else conflicts.group_cosine_matrix(total, ts.mask)
 
 
-def _initial_state(ctx: loop.Context, dense: loop.RunState) -> loop.RunState:
+def initial_state(ctx: loop.Context, dense: loop.RunState) -> loop.RunState:
+    """The dense run's final state plus zero votes, zero score sums and unit group weights."""
     ts = dense.train
     votes = masks.map_prunable(lambda m: jnp.zeros(jnp.shape(m), jnp.int32), ts.mask)
     extras = {
@@ -116,7 +117,8 @@ def _initial_state(ctx: loop.Context, dense: loop.RunState) -> loop.RunState:
     return dense.replace(votes=votes, extras=extras)
 
 
-def _stages(ctx: loop.Context) -> list[loop.Stage]:
+def build_stages(ctx: loop.Context) -> list[loop.Stage]:
+    """The ``ticket`` (trajectory + votes → Ballot mask) and ``retrain`` stages."""
     s = settings(ctx)
     vote_epochs = s["vote_epochs"]
 
@@ -187,7 +189,7 @@ METHOD = register(
         name="ballot",
         description="Ballot: votes from accuracy/fairness gradient conflicts on the magnitude-ticket trajectory, rewind, retrain",
         from_dense=True,
-        initial_state=_initial_state,
-        stages=_stages,
+        initial_state=initial_state,
+        stages=build_stages,
     )
 )
