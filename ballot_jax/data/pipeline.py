@@ -413,36 +413,42 @@ class _EpochView(Sequence):
 
 
 @dataclasses.dataclass
-class _Preprocess:
-    """Per-example map (picklable for grain worker processes): resize, float, augment."""
+class _Resize:
+    """Per-example map (picklable for grain worker processes): resize, keep the epoch position."""
 
     size: int
-    params: tuple[np.ndarray, np.ndarray, np.ndarray] | None
-    pad: int
-    as_float: bool = True
 
     def __call__(self, position: int, element: dict[str, Any]) -> dict[str, Any]:
-        image = resize_image(np.asarray(element["image"]), self.size)
-        if self.as_float:
-            if self.params is None:
-                image = _to_float(image)
-            else:
-                dy, dx, flip = (p[position : position + 1] for p in self.params)
-                image = _gather_augment(image[None], np.zeros(1, np.int64), dy, dx, flip, self.pad)[0]
-        return {"image": image, "label": np.int32(element["label"]), "group": np.int32(element["group"])}
+        return {"image": resize_image(np.asarray(element["image"]), self.size), "label": np.int32(element["label"]),
+                "group": np.int32(element["group"]), "position": position}
 
 
 @dataclasses.dataclass
 class _Collate:
-    """Stacks examples into a batch padded to ``batch_size`` rows with weights."""
+    """Stacks examples into a batch padded to ``batch_size`` rows with weights.
+
+    With ``as_float`` the uint8 images become float32 in [0, 1], augmented with
+    the epoch's parameters at each example's position (whole batch at once).
+    """
 
     batch_size: int
+    params: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    pad: int
+    as_float: bool = True
 
     def __call__(self, elements: Sequence[dict[str, Any]]) -> Batch:
         k = len(elements)
         missing = self.batch_size - k
+        images = np.stack([e["image"] for e in elements])
+        if self.as_float:
+            if self.params is None:
+                images = _to_float(images)
+            else:
+                pos = np.array([e["position"] for e in elements], np.int64)
+                dy, dx, flip = (p[pos] for p in self.params)
+                images = _gather_augment(images, np.arange(k), dy, dx, flip, self.pad)
         return {
-            "image": _pad_rows(np.stack([e["image"] for e in elements]), missing),
+            "image": _pad_rows(images, missing),
             "label": _pad_rows(np.array([e["label"] for e in elements], np.int32), missing),
             "group": _pad_rows(np.array([e["group"] for e in elements], np.int32), missing),
             "weight": _pad_rows(np.ones(k, np.float32), missing),
@@ -522,8 +528,9 @@ class SourceSplit:
 
         view = _EpochView(self.source, self.indices[order], self.labels[order], self.groups[order], self.image_key)
         ds = grain.MapDataset.source(view)
-        ds = ds.map_with_index(_Preprocess(self.image_size, params, crop_padding(self.image_size), as_float))
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=_Collate(batch_size))
+        ds = ds.map_with_index(_Resize(self.image_size))
+        collate = _Collate(batch_size, params, crop_padding(self.image_size), as_float)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
         ds = ds[start_batch:]
         it = ds.to_iter_dataset(
             grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch if self.read_threads else 0)
