@@ -7,7 +7,7 @@ silently ignored setting.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 from ml_collections import config_dict
@@ -20,92 +20,98 @@ placeholder = config_dict.placeholder
 def base_config() -> ml_collections.ConfigDict:
     """Defaults for every key (paper recipe for optimisation, quickstart-sized data)."""
     c = ml_collections.ConfigDict()
+    # --- identity (set by configs/*.py; name the default work directory) -----------------------
+    c.name = "base"  # config name (configs/<name>.py); the default workdir is runs/<name>[_<variant>]
+    c.variant = ""  # the variants applied, comma-separated (configs/utkface.py:cpu,gender_by_race)
     # --- what to compare -----------------------------------------------------------------------
     c.methods = "all"  # comma-separated method names, or "all"
     c.seeds = 3  # number of seeds; seed i uses seed_offset + i
-    c.seed_offset = 0
+    c.seed_offset = 0  # seeds run are seed_offset … seed_offset + seeds − 1
     c.sparsity = 0.9  # fraction of prunable weights removed (every method)
     c.sweep = ""  # comma-separated sparsities for a sweep over Ω (empty: just `sparsity`)
     c.accuracy_budget = 0.05  # ε: a method is "within budget" if dense acc − acc ≤ ε
     # --- data (ballot_jax.data.tasks) ------------------------------------------------------------
-    c.dataset = "quickstart"
-    c.label = placeholder(str)
-    c.groups = "classes"
-    c.image_size = placeholder(int)
-    c.data_dir = placeholder(str)
-    c.manual_dir = placeholder(str)
-    c.prepare = True
-    c.in_memory = "auto"
-    c.in_memory_max_mb = 2048
-    c.data_on_device = False
-    c.worker_count = 0
-    c.read_threads = 2
-    c.train_limit = placeholder(int)
-    c.val_limit = placeholder(int)
-    c.test_limit = placeholder(int)
-    c.data_seed = 0
-    c.color_fraction = 0.95
-    c.val_fraction = 0.1
-    c.test_fraction = 0.3
-    c.augment = True
+    c.dataset = "quickstart"  # quickstart | utk_face | celeb_a | cifar10_s | cifar100 | tiny_imagenet
+    c.label = placeholder(str)  # attribute used as the class label (None: the dataset's default, e.g. utk_face: race)
+    c.groups = "classes"  # fairness groups: "classes" (paper), an attribute (race, gender, color, Male…) or "classes*ATTR"
+    c.image_size = placeholder(int)  # side length fed to the model (None: the dataset's default)
+    c.data_dir = placeholder(str)  # TFDS data dir (None: ~/tensorflow_datasets or $TFDS_DATA_DIR)
+    c.manual_dir = placeholder(str)  # where the downloaded archives are (None: <data_dir>/downloads/manual)
+    c.prepare = True  # prepare a missing dataset from manual_dir automatically
+    c.in_memory = "auto"  # hold the splits in memory (True), stream them (False) or decide by size ("auto")
+    c.in_memory_max_mb = 2048  # size limit of in_memory="auto"
+    c.data_on_device = False  # put in-memory splits on the accelerator (gather + augmentation jitted)
+    c.worker_count = 0  # grain worker processes for streamed splits (0: in process)
+    c.read_threads = 2  # grain reader threads for streamed splits
+    c.train_limit = placeholder(int)  # keep only the first N training examples (None: all)
+    c.val_limit = placeholder(int)  # keep only the first N validation examples (None: all)
+    c.test_limit = placeholder(int)  # keep only the first N test examples (None: all)
+    c.data_seed = 0  # quickstart only: seed of its split and colouring
+    c.color_fraction = 0.95  # quickstart only: share of digits 0-4 in colour (5-9: in gray)
+    c.val_fraction = 0.1  # quickstart only: validation share
+    c.test_fraction = 0.3  # quickstart only: test share
+    c.augment = True  # random crop + horizontal flip on training batches
     # --- model ----------------------------------------------------------------------------------
-    c.model = "cnn_small"
-    c.width = 1.0
-    c.stem = "cifar"
-    c.conv_impl = "auto"
+    c.model = "cnn_small"  # cnn_small | resnet18 | resnet50 | vgg16
+    c.width = 1.0  # channel multiplier (1.0: the standard widths)
+    c.stem = "cifar"  # ResNet stem: "cifar" (3x3/1) or "imagenet" (7x7/2 + max-pool)
+    c.conv_impl = "auto"  # convolution lowering: "xla", "patches" or "auto" (fastest for the platform)
     c.dtype = "float32"  # or bfloat16 (compute only; params stay float32)
     c.keep_stem = False  # never prune the first convolution
     c.keep_head = False  # never prune the classifier
     # --- training budget (the same for every method) --------------------------------------------
     c.epochs = 10  # retraining epochs after a mask is chosen
-    c.dense_epochs = 10
-    c.batch_size = 32
-    c.eval_batch_size = 256
+    c.dense_epochs = 10  # epochs of the shared dense run
+    c.batch_size = 32  # training batch size
+    c.eval_batch_size = 256  # evaluation batch size
     c.rewind_step = 0  # 0: rewind to θ0; k > 0: late rewinding to θ_k
     # --- optimiser (paper prototype: SGD 0.1, momentum 0.9, wd 2e-4, ×0.1 at 40/60/80%) ---------
-    c.optimizer = "sgd"
-    c.learning_rate = 0.1
-    c.momentum = 0.9
-    c.weight_decay = 2e-4
-    c.nesterov = False
-    c.schedule = "step"
-    c.decay_boundaries = (0.4, 0.6, 0.8)
-    c.decay_factor = 0.1
-    c.warmup_fraction = 0.0
+    c.optimizer = "sgd"  # sgd | adam | adamw
+    c.learning_rate = 0.1  # peak learning rate
+    c.momentum = 0.9  # SGD momentum
+    c.weight_decay = 2e-4  # L2 weight decay
+    c.nesterov = False  # Nesterov momentum
+    c.schedule = "step"  # step | cosine | warmup_cosine | constant | warmup_constant (restarts per stage)
+    c.decay_boundaries = (0.4, 0.6, 0.8)  # fractions of a stage where the "step" schedule decays
+    c.decay_factor = 0.1  # multiplier at each "step" boundary
+    c.warmup_fraction = 0.0  # share of a stage spent warming up (warmup_* schedules)
     # --- Ballot ---------------------------------------------------------------------------------
     c.vote_epochs = placeholder(int)  # default: epochs
-    c.vote_source = "pass"
-    c.vote_data = "val"
-    c.eta = 1.0
-    c.score = "abs"
-    c.quotas = "magnitude"
-    c.acc_floor = 0.05
-    c.diag_batches = 2
-    c.diag_max_groups = 32
+    c.vote_source = "pass"  # Ballot: "pass" (a gradient pass over vote_data per vote) or "train_steps"
+    c.vote_data = "val"  # Ballot: split the vote gradients are taken on, "val" or "train"
+    c.eta = 1.0  # Ballot: weight η of the fairness gradient in s = â + η·f̂
+    c.score = "abs"  # Ballot: "abs" |â + η f̂| or "signed" â + η f̂
+    c.quotas = "magnitude"  # Ballot: per-layer kept counts, magnitude | uniform | erk
+    c.acc_floor = 0.05  # Ballot: floor on acc_g in the fairness weights w_g = 1/acc_g
+    c.diag_batches = 2  # Ballot: batches for the per-group conflict diagnostic (0: off)
+    c.diag_max_groups = 32  # Ballot: skip that diagnostic above this many groups
+    c.vote_interval_steps = 0  # Ballot, train_steps source: a vote round every N steps (0: per epoch)
     # --- baselines --------------------------------------------------------------------------------
-    c.magnitude_schedule = "oneshot"
-    c.lth_rate = 0.2
-    c.lth_schedule = "iterative"
-    c.lth_round_epochs = placeholder(int)
-    c.lth_max_rounds = placeholder(int)
-    c.sc_distribution = "erk"
-    c.sc_interval = placeholder(int)
-    c.sc_drop_fraction = 0.3
-    c.sc_growth = "gradient"
-    c.sc_candidates = 3
-    c.sc_fairness_metric = "cwv"
-    c.sc_acc_budget = 0.02
-    c.fs_init = "kaiming_normal"
-    c.fs_lambda = 1.0
-    c.fs_surrogate = "auto"
-    c.fs_learning_rate = placeholder(float)
-    c.fs_distribution = "uniform"
+    c.magnitude_schedule = "oneshot"  # Magnitude: "oneshot" or "gradual"
+    c.lth_rate = 0.2  # LTH: fraction of the remaining weights pruned per round
+    c.lth_schedule = "iterative"  # LTH: "iterative" or "oneshot"
+    c.lth_round_epochs = placeholder(int)  # LTH: epochs of each intermediate round (None: epochs)
+    c.lth_max_rounds = placeholder(int)  # LTH: cap on the number of rounds (None: no cap)
+    c.sc_distribution = "erk"  # SafeCompress: per-layer densities, erk | uniform
+    c.sc_interval = placeholder(int)  # SafeCompress: steps between mask updates (None: one epoch)
+    c.sc_drop_fraction = 0.3  # SafeCompress: initial drop fraction (cosine-decayed)
+    c.sc_growth = "gradient"  # SafeCompress: regrowth by gradient | momentum | random
+    c.sc_candidates = 3  # SafeCompress: candidate masks per update (1: plain RigL)
+    c.sc_fairness_metric = "cwv"  # SafeCompress: fairness test metric, cwv | mcd
+    c.sc_acc_budget = 0.02  # SafeCompress: candidates within this val accuracy of the best qualify
+    c.fs_init = "kaiming_normal"  # FairScratch: frozen weights, model | kaiming_normal | signed_constant | scaled_signed_constant
+    c.fs_lambda = 1.0  # FairScratch: weight λ of the fairness surrogate
+    c.fs_surrogate = "auto"  # FairScratch: auto | loss_variance | dp | eo
+    c.fs_learning_rate = placeholder(float)  # FairScratch: score learning rate (None: learning_rate)
+    c.fs_distribution = "uniform"  # FairScratch: per-layer densities, uniform | erk
     # --- scale-out --------------------------------------------------------------------------------
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    c.data_parallel = True  # split batches over all devices when there are several (ballot_jax.parallel)
     # --- reporting --------------------------------------------------------------------------------
-    c.progress = True
-    c.plots = True
+    c.progress = True  # tqdm progress bars per stage
+    c.plots = True  # write PNG plots with the reports
     c.check_masks = True  # verify after every method that masked weights are exactly zero
+    c.lock()
     return c
 
 
@@ -125,3 +131,68 @@ def parse_sweep(config: Any) -> list[float]:
     """The sparsities of a sweep (``config.sweep`` = "0.5,0.8,0.9"), or ``[]``."""
     text = str(config.get("sweep", "") or "").strip()
     return [float(x) for x in text.split(",") if x.strip()]
+
+
+def apply_variants(
+    config: ml_collections.ConfigDict,
+    arg: str | None,
+    variants: Mapping[str, Mapping[str, Any]],
+    *,
+    name: str,
+) -> ml_collections.ConfigDict:
+    """Applies the comma-separated variants of ``arg`` (``"cpu,gender_by_race"``) to ``config``.
+
+    ``variants`` maps a variant name to the keys it overrides. Unknown names, and two variants
+    that set one key to different values (``resnet18,vgg16``), are errors naming the valid
+    choices. Sets ``config.name`` and ``config.variant`` (the variants in the order given).
+    """
+    chosen = [v.strip() for v in (arg or "").split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in variants]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {', '.join(map(repr, unknown))} of configs/{name}.py; "
+                         f"valid variants: {', '.join(variants)} (combine with commas, e.g. {name}.py:cpu)")
+    setter: dict[str, str] = {}
+    for v in chosen:
+        for key, value in variants[v].items():
+            if key in setter and setter[key] != v and variants[setter[key]][key] != value:
+                raise ValueError(f"variants {setter[key]!r} and {v!r} both set config.{key}; choose one")
+            setter[key] = v
+            config[key] = value
+    config.name = name
+    config.variant = ",".join(dict.fromkeys(chosen))
+    return config
+
+
+def key_docs() -> list[tuple[str, str, Any, str]]:
+    """``(section, key, default, meaning)`` for every key of :func:`base_config`, from its comments."""
+    import inspect
+    import re
+
+    defaults = base_config()
+    rows, section = [], ""
+    for line in inspect.getsource(base_config).splitlines():
+        head = re.match(r"\s*# --- (.+?) -+\s*$", line)
+        if head:
+            section = re.sub(r"\s*\(.*\)$", "", head.group(1)).strip()
+            continue
+        m = re.match(r"\s*c\.(\w+) = .*?(?:  # (.*))?$", line)
+        if m and m.group(1) in defaults:
+            rows.append((section, m.group(1), defaults[m.group(1)], (m.group(2) or "").strip()))
+    return rows
+
+
+def key_table() -> str:
+    """A markdown table of every config key (section, key, default, meaning) for the README."""
+    out = ["| section | key | default | meaning |", "|---|---|---|---|"]
+    for section, key, default, meaning in key_docs():
+        shown = "None" if default is None else repr(default)
+        out.append(f"| {section} | `{key}` | `{shown}` | {meaning.replace('|', '&#124;')} |")
+    return "\n".join(out) + "\n"
+
+
+# Variants every dataset config offers (configs/<name>.py:resnet50 ...).
+MODEL_VARIANTS: dict[str, dict[str, Any]] = {
+    "resnet18": {"model": "resnet18"},
+    "resnet50": {"model": "resnet50"},
+    "vgg16": {"model": "vgg16"},
+}

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ballot_jax import fairness, masks, train
+from ballot_jax import fairness, masks, parallel, train
 
 PyTree = Any
 Info = dict[str, Any]
@@ -126,6 +126,14 @@ class Context:
             self._cache[name] = factory()
         return self._cache[name]
 
+    def replicate(self, tree: PyTree) -> PyTree:
+        """``tree`` replicated on every device of the batch sharding's mesh (unchanged without one).
+
+        With a sharded batch and replicated state, the jitted steps run data-parallel: XLA
+        inserts the all-reduces (see :mod:`ballot_jax.parallel`).
+        """
+        return parallel.replicate(tree, self.sharding)
+
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks used by the methods' stages
@@ -148,11 +156,15 @@ def train_epoch(
     step_fn: Callable | None = None,
     step_args: Sequence[Any] = (),
     after_step: Callable[[train.TrainState, int], None] | None = None,
+    every: int = 0,
+    on_every: Callable[[train.TrainState, Any], None] | None = None,
 ) -> tuple[train.TrainState, Info, Any]:
     """One epoch of masked training; returns (state, info, extra step outputs summed).
 
     ``step_fn(ts, batch, lr, *step_args) -> (ts, metrics[, extra])`` defaults to the context's
-    train step. The learning rate at step i of the stage is ``ctx.learning_rates(epochs)[i]``.
+    train step. With ``every`` = N > 0, ``on_every(ts, extra_sum)`` is called after every N steps
+    with the extra outputs summed since the previous call (then the sum restarts); what is left
+    at the end of the epoch is returned. The learning rate at step i of the stage is ``ctx.learning_rates(epochs)[i]``.
     A non-finite loss raises :class:`NonFiniteLossError` naming the stage and epoch; the caller's
     last checkpoint is untouched.
     """
@@ -176,6 +188,9 @@ def train_epoch(
         total = train.sum_metrics(total, metrics)
         if len(out) > 2:
             extra_total = out[2] if extra_total is None else jax.tree.map(jnp.add, extra_total, out[2])
+        if every and on_every is not None and (i + 1) % every == 0 and extra_total is not None:
+            on_every(ts, extra_total)
+            extra_total = None
         if after_step is not None:
             after_step(ts, epoch * spe + i + 1)
         if ctx.progress is not None:
@@ -219,7 +234,7 @@ def evaluate(ctx: Context, ts: train.TrainState, split_name: str) -> dict[str, A
 
 def fresh_train_state(ctx: Context, params: PyTree, batch_stats: PyTree, mask: masks.Mask) -> train.TrainState:
     """A new train state at ``params`` with ``mask`` applied and a fresh optimizer state."""
-    return train.create_train_state(params, batch_stats, ctx.tx, mask)
+    return ctx.replicate(train.create_train_state(params, batch_stats, ctx.tx, mask))
 
 
 def initial_state(ctx: Context, variables: Mapping[str, PyTree], extras: PyTree = None, votes: PyTree = None) -> RunState:
@@ -227,13 +242,13 @@ def initial_state(ctx: Context, variables: Mapping[str, PyTree], extras: PyTree 
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
     mask = masks.init_mask(params, ctx.is_prunable)
-    return RunState(
+    return ctx.replicate(RunState(
         train=fresh_train_state(ctx, params, batch_stats, mask),
         rewind_params=jax.tree.map(jnp.copy, params),
         rewind_batch_stats=jax.tree.map(jnp.copy, batch_stats),
         votes=votes if votes is not None else {},
         extras=extras if extras is not None else {},
-    )
+    ))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,6 +304,7 @@ def run_stages(
     must have the structure every checkpoint of this run has (it is the restore target).
     """
     names = [s.name for s in stages]
+    state = ctx.replicate(state)  # every leaf on the mesh (also the restore target's shardings)
     meta: dict[str, Any] = {"run": run_name, "stages": names, "stage": 0, "phase": "begin", "epoch": 0, "log": [], "done": False}
     mngr = _manager(directory) if directory else None
     index = 0

@@ -16,7 +16,9 @@ semantics; ``"train_steps"``: (a, f) summed over the epoch's own train steps, no
 ``vote_data`` (``"val"`` or ``"train"``, for ``pass``), ``eta`` (1.0), ``score`` (``abs``/
 ``signed``), ``quotas`` (``magnitude``/``uniform``/``erk``), ``acc_floor`` (0.05),
 ``diag_batches`` (batches used for the per-group cosine diagnostic; 0 turns it off),
-``diag_max_groups`` (skip that diagnostic above this many groups: it costs G backward passes).
+``diag_max_groups`` (skip that diagnostic above this many groups: it costs G backward passes),
+``vote_interval_steps`` (``train_steps`` only: a vote round every N steps instead of once per
+epoch; steps left over at the end of an epoch form one more round).
 """
 
 from __future__ import annotations
@@ -53,10 +55,14 @@ def settings(ctx: loop.Context) -> dict[str, Any]:
         "acc_floor": float(_opt(ctx, "acc_floor", 0.05)),
         "diag_batches": int(_opt(ctx, "diag_batches", 2)),
         "diag_max_groups": int(_opt(ctx, "diag_max_groups", 32)),
+        "vote_interval_steps": int(_opt(ctx, "vote_interval_steps", 0)),
     }
     for key, valid in (("vote_source", VOTE_SOURCES), ("vote_data", VOTE_DATA), ("quotas", QUOTAS), ("score", conflicts.SCORES)):
         if s[key] not in valid:
             raise ValueError(f"unknown {key} {s[key]!r}; valid: {list(valid)}")
+    if s["vote_interval_steps"] and s["vote_source"] != "train_steps":
+        raise ValueError("vote_interval_steps needs vote_source='train_steps' (a gradient pass every few steps "
+                         "would cost more than the training itself); set vote_interval_steps=0 for per-epoch votes")
     if s["vote_epochs"] < 1:
         raise ValueError("vote_epochs must be at least 1: the Ballot mask needs at least one vote round")
     return s
@@ -133,12 +139,23 @@ def build_stages(ctx: loop.Context) -> list[loop.Stage]:
         return state, info
 
     def epoch(c: loop.Context, state: loop.RunState, e: int):
+        quotas = masks.quotas_of(state.train.mask)
         if s["vote_source"] == "train_steps":
             step = c.cached("ballot_voting_step", lambda: conflicts.make_voting_train_step(c.apply_fn, c.tx))
+            ballots = {"votes": state.votes, "score_sum": state.extras["score_sum"], "rounds": 0}
+
+            def vote_round(ts, sums):
+                sc = conflicts.scores(sums["a"], sums["f"], ts.mask, s["eta"], s["score"])
+                ballots["votes"], ballots["score_sum"] = conflicts.cast_votes(ballots["votes"], ballots["score_sum"], sc, quotas)
+                ballots["rounds"] += 1
+
             ts, info, sums = loop.train_epoch(c, state.train, stage="ticket", stage_tag=common.TICKET_TAG, epoch=e,
-                                              epochs=vote_epochs, step_fn=step, step_args=(state.extras["weights_g"],))
-            state = state.replace(train=ts)
-            a, f = sums["a"], sums["f"]
+                                              epochs=vote_epochs, step_fn=step, step_args=(state.extras["weights_g"],),
+                                              every=s["vote_interval_steps"], on_every=vote_round)
+            state = state.replace(train=ts, votes=ballots["votes"],
+                                  extras=dict(state.extras, score_sum=ballots["score_sum"]))
+            info["vote_rounds_within_epoch"] = ballots["rounds"]
+            a, f = (sums["a"], sums["f"]) if sums is not None else (None, None)
             weights_used = state.extras["weights_g"]
             next_w, metrics = _val_weights(c, state, s["acc_floor"])
         else:
@@ -148,18 +165,20 @@ def build_stages(ctx: loop.Context) -> list[loop.Stage]:
             weights_used, metrics = _val_weights(c, state, s["acc_floor"])
             next_w = weights_used
             a, f = _gradient_pass(c, state, weights_used, s["vote_data"])
-        quotas = masks.quotas_of(state.train.mask)
-        sc = conflicts.scores(a, f, state.train.mask, s["eta"], s["score"])
-        votes, score_sum = conflicts.cast_votes(state.votes, state.extras["score_sum"], sc, quotas)
-        state = state.replace(votes=votes, extras=dict(state.extras, score_sum=score_sum, weights_g=next_w))
+        if a is not None:  # the epoch's (last) round
+            sc = conflicts.scores(a, f, state.train.mask, s["eta"], s["score"])
+            votes, score_sum = conflicts.cast_votes(state.votes, state.extras["score_sum"], sc, quotas)
+            state = state.replace(votes=votes, extras=dict(state.extras, score_sum=score_sum))
+        state = state.replace(extras=dict(state.extras, weights_g=next_w))
         info.update(
             val_accuracy=metrics["accuracy"],
             val_cwv=metrics["cwv"],
             val_mcd=metrics["mcd"],
             val_per_group_accuracy=metrics["per_group_accuracy"],
             group_weights=np.asarray(weights_used).tolist(),
-            conflicts=conflicts.conflict_diagnostics(a, f, state.train.mask),
         )
+        if a is not None:
+            info["conflicts"] = conflicts.conflict_diagnostics(a, f, state.train.mask)
         if s["diag_batches"] > 0 and c.task.num_groups <= s["diag_max_groups"]:
             info["group_gradient_cosine"] = _group_cosines(c, state, s["diag_batches"])
         return state, info
