@@ -204,10 +204,12 @@ def train_epoch(
     info["seconds"] = time.perf_counter() - t0
     if info["nonfinite_steps"]:
         raise NonFiniteLossError(
-            f"non-finite training loss in stage {stage!r}, epoch {epoch} "
-            f"({info['nonfinite_steps']} step(s) of {spe}); the last good checkpoint is kept. "
-            "Lower the learning rate or check the input data."
+            f"non-finite training loss in stage {stage!r}, epoch {epoch}, first at step "
+            f"{info['first_nonfinite_step']} of the run ({info['nonfinite_steps']} of the epoch's {spe} steps); "
+            "nothing of this epoch was saved and the last good checkpoint is kept. "
+            "Lower the learning rate or check the input data, then rerun to resume."
         )
+    info.pop("first_nonfinite_step")
     return ts, {"train_" + k: v for k, v in info.items()}, extra_total
 
 
@@ -268,8 +270,16 @@ def _manager(directory: str):
 def _save(mngr, index: int, state: RunState, meta: Mapping[str, Any]) -> None:
     import orbax.checkpoint as ocp
 
-    mngr.save(index, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))))
-    mngr.wait_until_finished()
+    try:
+        mngr.save(index, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))))
+        mngr.wait_until_finished()
+    except OSError as e:
+        previous = [i for i in mngr.all_steps() if i != index]
+        raise CheckpointError(
+            f"could not write checkpoint {index} to {mngr.directory}: {e}. "
+            + (f"The previous checkpoint ({max(previous)}) is intact: " if previous else "")
+            + "free disk space (or choose another --workdir) and rerun the same command to resume."
+        ) from e
 
 
 def _restore_latest(mngr, target: RunState) -> tuple[RunState, dict] | None:
@@ -296,8 +306,12 @@ def run_stages(
     directory: str | None,
     *,
     run_name: str = "",
+    check_masks: bool = True,
 ) -> tuple[RunState, dict[str, Any]]:
     """Runs ``stages`` from ``state``, checkpointing into ``directory`` after every step.
+
+    With ``check_masks`` (default) every stage ends with :func:`check_mask_integrity`, whose
+    result is logged with the stage.
 
     Returns the final state and the run record ``{"stages": [...], "log": [info, ...],
     "done": True}``. With a ``directory`` holding a finished run, nothing is recomputed. ``state``
@@ -332,9 +346,15 @@ def run_stages(
         entry = {"stage": stage.name, "phase": phase}
         if epoch is not None:
             entry["epoch"] = epoch
+        info = dict(info)
+        # Wall times go to their own list so the log (and results.json) is deterministic.
+        timing = {k: info.pop(k) for k in list(info) if k.endswith("seconds")}
         entry.update(_jsonable(info))
         meta["log"].append(entry)
-        log.info("%s %s", run_name, entry)
+        if timing:
+            meta.setdefault("timings", []).append({**{k: entry[k] for k in ("stage", "phase", "epoch") if k in entry},
+                                                   **_jsonable(timing)})
+        log.info("%s %s %s", run_name, entry, timing or "")
 
     while meta["stage"] < len(stages):
         stage = stages[meta["stage"]]
@@ -353,8 +373,12 @@ def run_stages(
                 checkpoint()
             meta["phase"] = "end"
         if meta["phase"] == "end":
+            info = {}
             if stage.end is not None:
                 state, info = stage.end(ctx, state)
+            if check_masks:
+                info = dict(info, mask_check=check_mask_integrity(state, f"{run_name} stage {stage.name!r}"))
+            if stage.end is not None or check_masks:
                 record(stage, "end", None, info)
             meta.update(stage=meta["stage"] + 1, phase="begin", epoch=0)
             if meta["stage"] == len(stages):
@@ -362,6 +386,18 @@ def run_stages(
             checkpoint()
     meta["done"] = True
     return state, meta
+
+
+class MaskIntegrityError(AssertionError):
+    """A pruned weight is not exactly zero: a bug in a method, never a user error."""
+
+
+def check_mask_integrity(state: RunState, where: str) -> dict[str, Any]:
+    """Counts pruned weights that are not exactly 0.0; raises if there is any."""
+    violations = masks.zero_violations(state.train.params, state.train.mask)
+    if violations:
+        raise MaskIntegrityError(f"{where}: {violations} pruned weights are not exactly zero; please report this bug")
+    return {"nonzero_masked_weights": 0, "sparsity": masks.sparsity(state.train.mask)}
 
 
 def _jsonable(x: Any) -> Any:

@@ -189,16 +189,25 @@ def masked_update(
 
 
 def train_metrics(losses: jax.Array, logits: jax.Array, batch: Batch, step: jax.Array) -> dict[str, jax.Array]:
-    """Device-side sums for an epoch summary; ``nonfinite`` is 1 when the loss is NaN/inf."""
+    """Device-side sums for an epoch summary.
+
+    ``nonfinite`` is 1 when the loss is NaN/inf and ``first_nonfinite_step`` is then the step
+    number (a large sentinel otherwise); :func:`sum_metrics` keeps the minimum of the latter.
+    """
     w = batch_weights(batch)
     loss = jnp.sum(losses * w)
     correct = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * w)
+    bad = ~jnp.isfinite(loss)
     return {
         "loss_sum": loss,
         "correct": correct,
         "count": jnp.sum(w),
-        "nonfinite": (~jnp.isfinite(loss)).astype(jnp.int32),
+        "nonfinite": bad.astype(jnp.int32),
+        "first_nonfinite_step": jnp.where(bad, step, _NO_STEP).astype(jnp.int32),
     }
+
+
+_NO_STEP = np.iinfo(np.int32).max
 
 
 def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, donate: bool = True) -> Callable:
@@ -249,14 +258,18 @@ def evaluate_counts(
 ) -> jax.Array:
     """Confusion counts [G, C, C] of the masked model over ``batches`` (device array)."""
     counts = fairness.init_counts(num_groups, num_classes)
+    if isinstance(getattr(state.step, "sharding", None), jax.sharding.NamedSharding):
+        counts = jax.device_put(counts, state.step.sharding)  # replicated like the state: one compile
     for batch in batches:
         counts = eval_step(state.params, state.batch_stats, state.mask, batch, counts)
     return counts
 
 
 def sum_metrics(total: dict[str, jax.Array] | None, new: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Adds step metrics on device (no host sync)."""
-    return new if total is None else jax.tree.map(jnp.add, total, new)
+    """Adds step metrics on device (no host sync); ``first_*`` entries keep their minimum."""
+    if total is None:
+        return new
+    return {k: (jnp.minimum if k.startswith("first_") else jnp.add)(total[k], new[k]) for k in new}
 
 
 def summarize(total: Mapping[str, jax.Array]) -> dict[str, float]:
@@ -268,4 +281,5 @@ def summarize(total: Mapping[str, jax.Array]) -> dict[str, float]:
         "accuracy": float(t["correct"]) / n,
         "examples": int(t["count"]),
         "nonfinite_steps": int(t["nonfinite"]),
+        "first_nonfinite_step": None if int(t["first_nonfinite_step"]) == _NO_STEP else int(t["first_nonfinite_step"]),
     }
