@@ -31,12 +31,17 @@ def _assert_same(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
     p = _run(d / "work", d / "out.npz")
     out, _ = p.communicate(timeout=600)
     assert p.returncode == 0, out
-    return _load(d / "out.npz")
+    return d / "work", _load(d / "out.npz")
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+    return reference_run[1]
 
 
 def test_same_seed_same_votes_and_mask(reference, tmp_path):
@@ -50,7 +55,11 @@ def test_same_seed_same_votes_and_mask(reference, tmp_path):
     assert kept == round(0.4 * total)
 
 
-@pytest.mark.parametrize("stage,epoch", [("dense", 0), ("ticket", 1), ("retrain", 0)])
+@pytest.mark.parametrize("stage,epoch", [
+    pytest.param("dense", 0, marks=pytest.mark.slow),
+    ("ticket", 1),
+    pytest.param("retrain", 0, marks=pytest.mark.slow),
+])
 def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path, stage, epoch):
     kill_at = f"EPOCH {stage} {epoch}"
     p = _run(tmp_path / "work", tmp_path / "out.npz", pause=f"{stage}:{epoch}")
@@ -74,10 +83,9 @@ def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path, stage, e
     _assert_same(reference, _load(tmp_path / "out.npz"))
 
 
-def test_finished_run_is_not_recomputed(tmp_path, reference):
-    p = _run(tmp_path / "work", tmp_path / "out.npz")
-    p.communicate(timeout=600)
-    q = _run(tmp_path / "work", tmp_path / "out2.npz", pause="any")  # any epoch would hang
+def test_finished_run_is_not_recomputed(tmp_path, reference_run, reference):
+    workdir, _ = reference_run
+    q = _run(workdir, tmp_path / "out2.npz", pause="any")  # any epoch would hang
     out, _ = q.communicate(timeout=300)
     assert q.returncode == 0, out
     assert "EPOCH" not in out
