@@ -10,11 +10,12 @@ lost on a crash, and a rerun skips every finished run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from ballot_jax import config as config_lib
-from ballot_jax import loop, masks, methods, models, train
+from ballot_jax import loop, masks, methods, models, parallel, train
 from ballot_jax.methods import common
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,16 @@ def init_variables(model: Any, image_shape: tuple[int, ...], seed: int) -> dict[
 
 
 def make_context(config: Any, task: Any, model: Any, *, progress: Callable | None = None, sharding: Any = None) -> loop.Context:
-    """A run context with compiled steps shared by every stage, method and seed."""
+    """A run context with compiled steps shared by every stage, method and seed.
+
+    Without an explicit ``sharding`` the batches are split over all devices when there are
+    several (``config.data_parallel``, see :mod:`ballot_jax.parallel`); state is replicated.
+    """
     opt = train.OptimizerConfig.from_config(config)
+    sharding = parallel.context_sharding(config) if sharding is None else sharding
     return loop.Context(
         apply_fn=model.apply,
-        task=task,
+        task=parallel.distribute_task(task),
         config=config,
         opt=opt,
         tx=train.make_optimizer(opt),
@@ -86,6 +92,8 @@ def _load_json(path: str) -> Any:
 
 
 def _write_json(path: str, data: Any) -> None:
+    if not parallel.is_main_process():
+        return  # multi-host: every process computes the same results, process 0 writes them
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(data, f, indent=1, sort_keys=False)
@@ -139,7 +147,8 @@ def run_method(ctx: loop.Context, name: str, dense: loop.RunState | None, variab
         "seconds": seconds,
         "log": meta["log"],
     }
-    np.savez_compressed(os.path.join(directory, "mask.npz"), **masks.to_numpy(state.train.mask))
+    if parallel.is_main_process():
+        np.savez_compressed(os.path.join(directory, "mask.npz"), **masks.to_numpy(state.train.mask))
     _write_json(result_path, result)
     return result
 
@@ -153,6 +162,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
     """
     from ballot_jax import data  # heavy import kept out of module import time
 
+    parallel.initialize(config)  # multi-host runtime first (config.distributed), before any JAX use
     config_lib.validate(config)
     os.makedirs(workdir, exist_ok=True)
     names = methods.parse(config.methods)
@@ -169,15 +179,21 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
         "runs": [],
     }
     out_path = os.path.join(workdir, RESULTS)
+    start_run = getattr(progress, "start_run", None)  # StageProgress labels its bars per run
+    n_runs = int(config.seeds) * len(names)
     for i in range(int(config.seeds)):
         seed = int(config.get("seed_offset", 0)) + i
         ctx = dataclasses.replace(base_ctx, seed=seed)
         variables = init_variables(model, task.image_shape, seed)
         dense_state = None
         if any(methods.get(n).from_dense for n in names):
+            if start_run:
+                start_run(f"seed {seed} dense")
             dense_state, dense_result = run_dense(ctx, variables, workdir)
             results["dense"].append({k: v for k, v in dense_result.items() if k != "log"})
-        for name in names:
+        for j, name in enumerate(names):
+            if start_run:
+                start_run(f"[{i * len(names) + j + 1}/{n_runs}] seed {seed} {name}")
             run = run_method(ctx, name, dense_state, variables, workdir)
             if dense_state is not None:
                 run["dense_accuracy"] = results["dense"][-1]["test"]["accuracy"]
@@ -200,3 +216,199 @@ def _jsonable(x: Any) -> Any:
         if isinstance(x, (list, tuple)):
             return [_jsonable(v) for v in x]
         return str(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command-line job: work directory, saved config, logging, progress bars, comparison, sweep
+# ---------------------------------------------------------------------------------------------
+
+CONFIG_JSON = "config.json"
+RUN_LOG = "run.log"
+# Keys that never change a run's numbers: a different value may reuse the same work directory.
+NEUTRAL_KEYS = frozenset({
+    "name", "variant", "methods", "seeds", "sweep", "accuracy_budget", "data_dir", "manual_dir", "prepare",
+    "in_memory", "in_memory_max_mb", "data_on_device", "worker_count", "read_threads", "distributed",
+    "progress", "plots", "check_masks",
+})
+
+
+def default_workdir(config: Any, overrides: Mapping[str, Any] | None = None, root: str = "runs") -> str:
+    """``runs/<name>[_<variants>][_<hash>]``: the same command always gets the same directory.
+
+    ``overrides`` are the ``--config.key=value`` overrides of the command line; those that can
+    change results (not :data:`NEUTRAL_KEYS`) add a short hash, so a run with other settings
+    never mixes its numbers into an earlier run's directory.
+    """
+    parts = [str(config.get("name", "") or "run")]
+    variant = str(config.get("variant", "") or "")
+    if variant:
+        parts.append(variant.replace(",", "_"))
+    relevant = {k: v for k, v in sorted((overrides or {}).items()) if k.split(".")[0] not in NEUTRAL_KEYS}
+    if relevant:
+        digest = hashlib.sha1(json.dumps(_jsonable(relevant), sort_keys=True).encode()).hexdigest()[:8]
+        parts.append(digest)
+    return os.path.join(root, "_".join(parts))
+
+
+def config_conflicts(saved: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Result-changing keys whose value differs between a saved config and ``config``."""
+    out = {}
+    for key in sorted(set(saved) | set(config)):
+        if key in NEUTRAL_KEYS:
+            continue
+        a, b = _jsonable(saved.get(key)), _jsonable(config.get(key))
+        if a != b:
+            out[key] = (a, b)
+    return out
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Writes the resolved config to ``<workdir>/config.json``.
+
+    If the directory already holds a config that differs in a result-changing key, raises
+    ``ValueError`` naming the keys: finished runs there would otherwise be reused silently.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, CONFIG_JSON)
+    current = _jsonable(config.to_dict())
+    if os.path.exists(path):
+        diff = config_conflicts(_load_json(path), current)
+        if diff:
+            lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
+            raise ValueError(f"{workdir} holds runs of a different configuration ({lines}); "
+                             "pass another --workdir, or delete the directory to start over")
+    _write_json(path, current)
+    return path
+
+
+class _OwnLogsFilter(logging.Filter):
+    """INFO and above from ballot_jax, WARNING and above from every other library."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("ballot_jax") or record.levelno >= logging.WARNING
+
+
+def setup_logging(workdir: str, *, console_level: int = logging.WARNING) -> logging.Handler:
+    """Appends INFO logs (every stage's info, timings) to ``<workdir>/run.log``; returns the handler.
+
+    The console (absl's handler, when present) is raised to ``console_level`` so that progress
+    bars stay readable; the file gets everything ballot_jax logs.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    root = logging.getLogger()
+    path = os.path.abspath(os.path.join(workdir, RUN_LOG))
+    for h in root.handlers:
+        if isinstance(h, logging.FileHandler) and h.baseFilename == path:
+            return h
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.INFO)
+    handler.addFilter(_OwnLogsFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for h in root.handlers:
+        h.setLevel(max(h.level, console_level))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+class StageProgress:
+    """A ``loop.Context.progress`` callback: one tqdm bar (with ETA) per stage of each run.
+
+    ``start_run(label)`` names the run whose stages follow ("[3/18] seed 0 ballot"); a bar closes
+    when its stage ends or another stage starts. Cheap: tqdm redraws at most every 0.5 s.
+    """
+
+    def __init__(self, *, enabled: bool = True, file: Any = None):
+        self.enabled = enabled
+        self.file = file
+        self.label = ""
+        self._bar = None
+        self._key: tuple | None = None
+        self._last = 0
+
+    def start_run(self, label: str) -> None:
+        """Names the run whose stages come next."""
+        self.close()
+        self.label = label
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        if not self.enabled:
+            return
+        key = (self.label, stage, total)
+        if self._bar is None or key != self._key or step <= self._last:
+            self.close()
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=step - 1, desc=f"{self.label}: {stage}".strip(": "),
+                             unit="step", mininterval=0.5, leave=False, file=self.file, dynamic_ncols=True)
+            self._key, self._last = key, step - 1
+        self._bar.update(step - self._last)
+        self._last = step
+        if step >= total:
+            self.close()
+
+    def close(self) -> None:
+        """Closes the open bar, if any."""
+        if self._bar is not None:
+            self._bar.close()
+        self._bar, self._key, self._last = None, None, 0
+
+
+def run_comparison(config: ml_collections.ConfigDict, workdir: str, *, progress: Callable | None = None) -> tuple[dict, list[str]]:
+    """Compare mode: every method × seed at ``config.sparsity``, then the reports.
+
+    Returns ``(results, paths)``: the results dict of :func:`run_experiment` and the files
+    written (results.json / .csv / .md, plots, config.json).
+    """
+    save_config(config, workdir)
+    results = run_experiment(config, workdir, progress=progress)
+    from ballot_jax import report  # after the runs: a long run picks up the newest report code
+    paths = [os.path.join(workdir, CONFIG_JSON), os.path.join(workdir, RESULTS)]
+    paths += report.write_reports(results, workdir, plots=bool(config.get("plots", True)))
+    return results, paths
+
+
+def sweep_configs(config: ml_collections.ConfigDict) -> list[tuple[float, ml_collections.ConfigDict]]:
+    """One compare config per sparsity of ``config.sweep`` (each with ``sweep`` cleared)."""
+    out = []
+    for s in config_lib.parse_sweep(config):
+        sub = ml_collections.ConfigDict(config.to_dict())
+        sub.sparsity = float(s)
+        sub.sweep = ""
+        out.append((float(s), sub))
+    return out
+
+
+def sweep_dir(workdir: str, sparsity: float) -> str:
+    """``<workdir>/sparsity_<s>`` (e.g. ``sparsity_0.9``)."""
+    return os.path.join(workdir, f"sparsity_{sparsity:g}")
+
+
+def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, progress: Callable | None = None) -> tuple[dict, list[str]]:
+    """Sweep mode: the comparison at every sparsity of ``config.sweep``, then sweep.md and plots.
+
+    Each sparsity has its own work directory (``<workdir>/sparsity_0.9/``, a complete compare
+    run that resumes on its own); the sweep summary goes to ``<workdir>/sweep.{json,md}``.
+    """
+    from ballot_jax import report
+
+    save_config(config, workdir)
+    per_sparsity, paths = {}, [os.path.join(workdir, CONFIG_JSON)]
+    for s, sub in sweep_configs(config):
+        log.info("sweep: sparsity %g", s)
+        results, sub_paths = run_comparison(sub, sweep_dir(workdir, s), progress=progress)
+        per_sparsity[s] = results
+        paths += sub_paths
+    summary = report.sweep_summary(per_sparsity, accuracy_budget=float(config.accuracy_budget))
+    paths += report.write_sweep_reports(summary, workdir, plots=bool(config.get("plots", True)))
+    return summary, paths
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, progress: Callable | None = None) -> tuple[dict, list[str]]:
+    """The whole job of ``experiments/run.py``: a sweep when ``config.sweep`` is set, else a comparison."""
+    config_lib.validate(config)
+    if config.get("distributed", False):
+        jax.distributed.initialize()
+    if config_lib.parse_sweep(config):
+        return run_sweep(config, workdir, progress=progress)
+    return run_comparison(config, workdir, progress=progress)

@@ -1,0 +1,51 @@
+"""UTKFace (aligned & cropped faces, 200×200 JPEGs; 18,961 / 2,370 / 2,371 train/val/test).
+
+Default (paper scale, for a GPU/TPU): race classification, class-wise fairness over the five
+races (groups = classes), ResNet-18 at full width, 64×64 images with an ImageNet stem, the
+paper's SGD recipe (lr 0.1, momentum 0.9, weight decay 2e-4, ×0.1 at 40/60/80% of each stage),
+batch 32, 95% sparsity. The epoch counts are our choice (the paper does not give UTKFace's).
+
+Variants (combine with commas, e.g. ``configs/utkface.py:cpu,gender_by_race``):
+  race            label race, groups = the races (class-wise; the default)
+  gender          label gender, groups = the two genders (class-wise)
+  gender_by_race  label gender, groups race (a sensitive attribute, as in Fair Scratch Tickets)
+  age_by_race     label age bin (0-19, 20-39, 40-59, 60+), groups race
+  resnet18 / resnet50 / vgg16   the model
+  cpu             a size that finishes on a 2-core CPU: width 0.25, 32×32 images (ImageNet
+                  stem: 8×8 maps after it), 3 dense + 2 vote + 3 retraining epochs, batch 128,
+                  cosine schedule at lr 0.1, 90% sparsity, LTH pruning 70% per round (two rounds,
+                  the first of one epoch)
+"""
+
+from ballot_jax import config as config_lib
+
+VARIANTS = {
+    "race": {"label": "race", "groups": "classes"},
+    "gender": {"label": "gender", "groups": "classes"},
+    "gender_by_race": {"label": "gender", "groups": "race"},
+    "age_by_race": {"label": "age_bins", "groups": "race"},
+    **config_lib.MODEL_VARIANTS,
+    "cpu": {
+        "width": 0.25, "image_size": 32, "stem": "imagenet", "conv_impl": "auto",
+        "dense_epochs": 3, "vote_epochs": 2, "epochs": 3, "batch_size": 128,
+        "sparsity": 0.9, "schedule": "cosine", "learning_rate": 0.1,
+        "lth_rate": 0.7, "lth_round_epochs": 1,
+    },
+}
+
+
+def get_config(arg: str | None = None):
+    """The UTKFace config; ``arg`` is a comma-separated list of :data:`VARIANTS`."""
+    c = config_lib.base_config()
+    c.dataset = "utk_face"
+    c.label = "race"
+    c.groups = "classes"
+    c.image_size = 64
+    c.model = "resnet18"
+    c.width = 1.0
+    c.stem = "imagenet"
+    c.dense_epochs = 100
+    c.epochs = 100
+    c.batch_size = 32
+    c.sparsity = 0.95
+    return config_lib.apply_variants(c, arg, VARIANTS, name="utkface")
