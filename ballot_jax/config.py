@@ -7,7 +7,7 @@ silently ignored setting.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -88,11 +88,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.vote_interval_steps = 0  # Ballot, train_steps source: a vote round every N steps (0: per epoch)
     # --- baselines --------------------------------------------------------------------------------
     c.magnitude_schedule = "oneshot"  # Magnitude: "oneshot" or "gradual"
+    c.magnitude_gradual_epochs = placeholder(int)  # Magnitude, gradual: epochs to reach the target (None: epochs)
+    c.random_quotas = "magnitude"  # Random: per-layer counts from the magnitude ticket | uniform | erk
     c.lth_rate = 0.2  # LTH: fraction of the remaining weights pruned per round
     c.lth_schedule = "iterative"  # LTH: "iterative" or "oneshot"
     c.lth_round_epochs = placeholder(int)  # LTH: epochs of each intermediate round (None: epochs)
     c.lth_max_rounds = placeholder(int)  # LTH: cap on the number of rounds (None: no cap)
     c.sc_distribution = "erk"  # SafeCompress: per-layer densities, erk | uniform
+    c.sc_epochs = placeholder(int)  # SafeCompress: training epochs (None: dense_epochs + epochs, the same budget)
+    c.sc_init = "random"  # SafeCompress: initial mask positions, random | magnitude
+    c.sc_end_fraction = 0.75  # SafeCompress: no mask updates after this fraction of training
+    c.sc_momentum = 0.9  # SafeCompress: gradient moving average for momentum growth
     c.sc_interval = placeholder(int)  # SafeCompress: steps between mask updates (None: one epoch)
     c.sc_drop_fraction = 0.3  # SafeCompress: initial drop fraction (cosine-decayed)
     c.sc_growth = "gradient"  # SafeCompress: regrowth by gradient | momentum | random
@@ -104,6 +110,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.fs_surrogate = "auto"  # FairScratch: auto | loss_variance | dp | eo
     c.fs_learning_rate = placeholder(float)  # FairScratch: score learning rate (None: learning_rate)
     c.fs_distribution = "uniform"  # FairScratch: per-layer densities, uniform | erk
+    c.fs_epochs = placeholder(int)  # FairScratch: score-training epochs (None: dense_epochs + epochs)
+    c.fs_optimizer = "sgd"  # FairScratch: optimizer of the scores, sgd | adam | adamw
+    c.fs_momentum = placeholder(float)  # FairScratch: (None: momentum)
+    c.fs_weight_decay = placeholder(float)  # FairScratch: (None: weight_decay)
+    c.fs_schedule = placeholder(str)  # FairScratch: (None: schedule)
     # --- scale-out --------------------------------------------------------------------------------
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
     c.data_parallel = True  # split batches over all devices when there are several (ballot_jax.parallel)
@@ -139,14 +150,18 @@ def apply_variants(
     variants: Mapping[str, Mapping[str, Any]],
     *,
     name: str,
+    soft: Sequence[str] = ("cpu",),
 ) -> ml_collections.ConfigDict:
     """Applies the comma-separated variants of ``arg`` (``"cpu,gender_by_race"``) to ``config``.
 
-    ``variants`` maps a variant name to the keys it overrides. Unknown names, and two variants
-    that set one key to different values (``resnet18,vgg16``), are errors naming the valid
-    choices. Sets ``config.name`` and ``config.variant`` (the variants in the order given).
+    ``variants`` maps a variant name to the keys it overrides. The ``soft`` variants (sizes such
+    as ``cpu``) are applied first and any other variant may override their keys, so
+    ``cpu,resnet50`` is a narrow ResNet-50. Unknown names, and two other variants that set one
+    key to different values (``resnet18,vgg16``), are errors naming the valid choices. Sets
+    ``config.name`` and ``config.variant`` (the variants in the order given).
     """
-    chosen = [v.strip() for v in (arg or "").split(",") if v.strip()]
+    given = [v.strip() for v in (arg or "").split(",") if v.strip()]
+    chosen = [v for v in given if v in soft] + [v for v in given if v not in soft]
     unknown = [v for v in chosen if v not in variants]
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(map(repr, unknown))} of configs/{name}.py; "
@@ -154,12 +169,13 @@ def apply_variants(
     setter: dict[str, str] = {}
     for v in chosen:
         for key, value in variants[v].items():
-            if key in setter and setter[key] != v and variants[setter[key]][key] != value:
+            if (key in setter and setter[key] != v and setter[key] not in soft
+                    and variants[setter[key]][key] != value):
                 raise ValueError(f"variants {setter[key]!r} and {v!r} both set config.{key}; choose one")
             setter[key] = v
             config[key] = value
     config.name = name
-    config.variant = ",".join(dict.fromkeys(chosen))
+    config.variant = ",".join(dict.fromkeys(given))
     return config
 
 
@@ -196,3 +212,18 @@ MODEL_VARIANTS: dict[str, dict[str, Any]] = {
     "resnet50": {"model": "resnet50"},
     "vgg16": {"model": "vgg16"},
 }
+
+
+def cpu_variant(**overrides: Any) -> dict[str, Any]:
+    """The ``cpu`` size of the dataset configs: finishes on a 2-core CPU instead of a GPU/TPU.
+
+    ResNet-18 at width 0.25 on 32×32 images with the ImageNet stem (8×8 maps after it: ~1 ms
+    per training image on 2 cores), 3 dense + 2 vote + 3 retraining epochs, batch 128, SGD on a
+    cosine schedule at lr 0.1, 90% sparsity, LTH pruning 70% per round (at 90% sparsity: two
+    rounds, the first of one epoch). ``overrides`` adjust it per dataset.
+    """
+    v = {"model": "resnet18", "width": 0.25, "image_size": 32, "stem": "imagenet", "conv_impl": "auto",
+         "dense_epochs": 3, "vote_epochs": 2, "epochs": 3, "batch_size": 128, "sparsity": 0.9,
+         "schedule": "cosine", "learning_rate": 0.1, "lth_rate": 0.7, "lth_round_epochs": 1}
+    v.update(overrides)
+    return v

@@ -38,24 +38,20 @@ VOTE_DATA = ("val", "train")
 QUOTAS = ("magnitude", "uniform", "erk")
 
 
-def _opt(ctx: loop.Context, key: str, default: Any) -> Any:
-    value = ctx.config.get(key, default)
-    return default if value is None else value
-
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved Ballot options, validated."""
     s = {
-        "vote_epochs": int(_opt(ctx, "vote_epochs", ctx.config.epochs)),
-        "vote_source": str(_opt(ctx, "vote_source", "pass")),
-        "vote_data": str(_opt(ctx, "vote_data", "val")),
-        "eta": float(_opt(ctx, "eta", 1.0)),
-        "score": str(_opt(ctx, "score", "abs")),
-        "quotas": str(_opt(ctx, "quotas", "magnitude")),
-        "acc_floor": float(_opt(ctx, "acc_floor", 0.05)),
-        "diag_batches": int(_opt(ctx, "diag_batches", 2)),
-        "diag_max_groups": int(_opt(ctx, "diag_max_groups", 32)),
-        "vote_interval_steps": int(_opt(ctx, "vote_interval_steps", 0)),
+        "vote_epochs": int(common.option(ctx, "vote_epochs", ctx.config.epochs)),
+        "vote_source": str(common.option(ctx, "vote_source", "pass")),
+        "vote_data": str(common.option(ctx, "vote_data", "val")),
+        "eta": float(common.option(ctx, "eta", 1.0)),
+        "score": str(common.option(ctx, "score", "abs")),
+        "quotas": str(common.option(ctx, "quotas", "magnitude")),
+        "acc_floor": float(common.option(ctx, "acc_floor", 0.05)),
+        "diag_batches": int(common.option(ctx, "diag_batches", 2)),
+        "diag_max_groups": int(common.option(ctx, "diag_max_groups", 32)),
+        "vote_interval_steps": int(common.option(ctx, "vote_interval_steps", 0)),
     }
     for key, valid in (("vote_source", VOTE_SOURCES), ("vote_data", VOTE_DATA), ("quotas", QUOTAS), ("score", conflicts.SCORES)):
         if s[key] not in valid:

@@ -16,6 +16,22 @@ from ballot_jax import loop, masks
 DENSE_TAG, TICKET_TAG, RETRAIN_TAG = 1, 2, 3
 
 
+def option(ctx: loop.Context, key: str, default: Any) -> Any:
+    """``ctx.config[key]``, or ``default`` when the key is absent or None (unset placeholder)."""
+    value = ctx.config.get(key, default)
+    return default if value is None else value
+
+
+def total_epochs(ctx: loop.Context) -> int:
+    """dense_epochs + epochs: the training a dense-then-retrain method gets in all.
+
+    Methods that start from θ0 (SafeCompress, FairScratch) get this budget so every method
+    trains for the same number of steps.
+    """
+    dense = int(ctx.config.get("dense_epochs", ctx.config.epochs))
+    return dense + retrain_epochs(ctx)
+
+
 def target_density(ctx: loop.Context) -> float:
     """1 − sparsity, the fraction of prunable weights every method keeps."""
     return 1.0 - masks.check_sparsity(ctx.config.sparsity)

@@ -79,30 +79,21 @@ SURROGATES = ("auto", "loss_variance", "dp", "eo")
 DISTRIBUTIONS = ("uniform", "erk")
 
 
-def _opt(ctx: loop.Context, key: str, default: Any) -> Any:
-    value = ctx.config.get(key, default)
-    return default if value is None else value
-
-
-def total_epochs(ctx: loop.Context) -> int:
-    """dense_epochs + epochs: the training steps a dense-then-retrain method uses."""
-    dense = int(ctx.config.get("dense_epochs", ctx.config.epochs))
-    return dense + common.retrain_epochs(ctx)
 
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved FairScratch options, validated (``surrogate`` resolved from ``auto``)."""
     s = {
-        "epochs": int(_opt(ctx, "fs_epochs", total_epochs(ctx))),
-        "init": str(_opt(ctx, "fs_init", "kaiming_normal")),
-        "lambda": float(_opt(ctx, "fs_lambda", 1.0)),
-        "surrogate": str(_opt(ctx, "fs_surrogate", "auto")),
-        "distribution": str(_opt(ctx, "fs_distribution", "uniform")),
-        "optimizer": str(_opt(ctx, "fs_optimizer", "sgd")),
-        "lr": float(_opt(ctx, "fs_learning_rate", ctx.opt.learning_rate)),
-        "momentum": float(_opt(ctx, "fs_momentum", ctx.opt.momentum)),
-        "weight_decay": float(_opt(ctx, "fs_weight_decay", ctx.opt.weight_decay)),
-        "schedule": str(_opt(ctx, "fs_schedule", ctx.opt.schedule)),
+        "epochs": int(common.option(ctx, "fs_epochs", common.total_epochs(ctx))),
+        "init": str(common.option(ctx, "fs_init", "kaiming_normal")),
+        "lambda": float(common.option(ctx, "fs_lambda", 1.0)),
+        "surrogate": str(common.option(ctx, "fs_surrogate", "auto")),
+        "distribution": str(common.option(ctx, "fs_distribution", "uniform")),
+        "optimizer": str(common.option(ctx, "fs_optimizer", "sgd")),
+        "lr": float(common.option(ctx, "fs_learning_rate", ctx.opt.learning_rate)),
+        "momentum": float(common.option(ctx, "fs_momentum", ctx.opt.momentum)),
+        "weight_decay": float(common.option(ctx, "fs_weight_decay", ctx.opt.weight_decay)),
+        "schedule": str(common.option(ctx, "fs_schedule", ctx.opt.schedule)),
     }
     for key, valid in (("init", INITS), ("surrogate", SURROGATES), ("distribution", DISTRIBUTIONS)):
         if s[key] not in valid:

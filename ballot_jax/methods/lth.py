@@ -47,19 +47,15 @@ SCHEDULES = ("iterative", "oneshot")
 ROUND_TAG = 100  # data-order tag of intermediate round r is ROUND_TAG + r
 
 
-def _opt(ctx: loop.Context, key: str, default: Any) -> Any:
-    value = ctx.config.get(key, default)
-    return default if value is None else value
-
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved LTH options, validated."""
     budget = common.retrain_epochs(ctx)
     s = {
-        "rate": float(_opt(ctx, "lth_rate", 0.2)),
-        "schedule": str(_opt(ctx, "lth_schedule", "iterative")),
-        "round_epochs": int(_opt(ctx, "lth_round_epochs", budget)),
-        "max_rounds": _opt(ctx, "lth_max_rounds", None),
+        "rate": float(common.option(ctx, "lth_rate", 0.2)),
+        "schedule": str(common.option(ctx, "lth_schedule", "iterative")),
+        "round_epochs": int(common.option(ctx, "lth_round_epochs", budget)),
+        "max_rounds": common.option(ctx, "lth_max_rounds", None),
         "epochs": budget,
     }
     if s["max_rounds"] is not None:

@@ -33,18 +33,14 @@ from ballot_jax.methods import Method, common, register
 SCHEDULES = ("oneshot", "gradual")
 
 
-def _opt(ctx: loop.Context, key: str, default: Any) -> Any:
-    value = ctx.config.get(key, default)
-    return default if value is None else value
-
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved MP options, validated."""
     budget = common.retrain_epochs(ctx)
     s = {
-        "schedule": str(_opt(ctx, "magnitude_schedule", "oneshot")),
+        "schedule": str(common.option(ctx, "magnitude_schedule", "oneshot")),
         "epochs": budget,
-        "gradual_epochs": int(_opt(ctx, "magnitude_gradual_epochs", budget)),
+        "gradual_epochs": int(common.option(ctx, "magnitude_gradual_epochs", budget)),
     }
     if s["schedule"] not in SCHEDULES:
         raise ValueError(f"unknown magnitude_schedule {s['schedule']!r}; valid: {list(SCHEDULES)}")

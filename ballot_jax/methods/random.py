@@ -27,10 +27,6 @@ QUOTAS = ("magnitude", "uniform", "erk")
 RANDOM_TAG = 31  # seed word of the mask draw
 
 
-def _opt(ctx: loop.Context, key: str, default: Any) -> Any:
-    value = ctx.config.get(key, default)
-    return default if value is None else value
-
 
 def host_uniform(mask: masks.Mask, seed_words: Sequence[int]) -> Any:
     """Mask-shaped float32 uniforms in [0, 1), drawn on the host by NumPy from ``seed_words``.
@@ -63,7 +59,7 @@ def _initial_state(ctx: loop.Context, dense: loop.RunState) -> loop.RunState:
 
 
 def _stages(ctx: loop.Context) -> list[loop.Stage]:
-    kind = str(_opt(ctx, "random_quotas", "magnitude"))
+    kind = str(common.option(ctx, "random_quotas", "magnitude"))
     if kind not in QUOTAS:
         raise ValueError(f"unknown random_quotas {kind!r}; valid: {list(QUOTAS)}")
 

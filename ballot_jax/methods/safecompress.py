@@ -70,31 +70,22 @@ GROWTHS = ("gradient", "momentum", "random")
 METRICS = ("cwv", "mcd")
 
 
-def _opt(ctx: loop.Context, key: str, default: Any) -> Any:
-    value = ctx.config.get(key, default)
-    return default if value is None else value
-
-
-def total_epochs(ctx: loop.Context) -> int:
-    """dense_epochs + epochs: the training steps a dense-then-retrain method uses."""
-    dense = int(ctx.config.get("dense_epochs", ctx.config.epochs))
-    return dense + common.retrain_epochs(ctx)
 
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved SafeCompress options, validated."""
     s = {
-        "epochs": int(_opt(ctx, "sc_epochs", total_epochs(ctx))),
-        "distribution": str(_opt(ctx, "sc_distribution", "erk")),
-        "init": str(_opt(ctx, "sc_init", "random")),
-        "interval": int(_opt(ctx, "sc_interval", 0)) or None,
-        "drop_fraction": float(_opt(ctx, "sc_drop_fraction", 0.3)),
-        "end_fraction": float(_opt(ctx, "sc_end_fraction", 0.75)),
-        "growth": str(_opt(ctx, "sc_growth", "gradient")),
-        "momentum": float(_opt(ctx, "sc_momentum", 0.9)),
-        "candidates": int(_opt(ctx, "sc_candidates", 3)),
-        "metric": str(_opt(ctx, "sc_fairness_metric", "cwv")),
-        "acc_budget": float(_opt(ctx, "sc_acc_budget", 0.02)),
+        "epochs": int(common.option(ctx, "sc_epochs", common.total_epochs(ctx))),
+        "distribution": str(common.option(ctx, "sc_distribution", "erk")),
+        "init": str(common.option(ctx, "sc_init", "random")),
+        "interval": int(common.option(ctx, "sc_interval", 0)) or None,
+        "drop_fraction": float(common.option(ctx, "sc_drop_fraction", 0.3)),
+        "end_fraction": float(common.option(ctx, "sc_end_fraction", 0.75)),
+        "growth": str(common.option(ctx, "sc_growth", "gradient")),
+        "momentum": float(common.option(ctx, "sc_momentum", 0.9)),
+        "candidates": int(common.option(ctx, "sc_candidates", 3)),
+        "metric": str(common.option(ctx, "sc_fairness_metric", "cwv")),
+        "acc_budget": float(common.option(ctx, "sc_acc_budget", 0.02)),
     }
     for key, valid in (("distribution", DISTRIBUTIONS), ("init", INITS), ("growth", GROWTHS), ("metric", METRICS)):
         if s[key] not in valid:
