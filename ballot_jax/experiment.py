@@ -251,9 +251,13 @@ def default_workdir(config: Any, overrides: Mapping[str, Any] | None = None, roo
 
 
 def config_conflicts(saved: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Result-changing keys whose value differs between a saved config and ``config``."""
+    """Result-changing keys whose value differs between a saved config and ``config``.
+
+    Keys only one side has are ignored: a key added to :func:`ballot_jax.config.base_config` by a
+    newer version keeps its default, so an old work directory still resumes.
+    """
     out = {}
-    for key in sorted(set(saved) | set(config)):
+    for key in sorted(set(saved) & set(config)):
         if key in NEUTRAL_KEYS:
             continue
         a, b = _jsonable(saved.get(key)), _jsonable(config.get(key))
@@ -364,7 +368,8 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str, *, progress:
     results = run_experiment(config, workdir, progress=progress)
     from ballot_jax import report  # after the runs: a long run picks up the newest report code
     paths = [os.path.join(workdir, CONFIG_JSON), os.path.join(workdir, RESULTS)]
-    paths += report.write_reports(results, workdir, plots=bool(config.get("plots", True)))
+    if parallel.is_main_process():  # multi-host: one writer
+        paths += report.write_reports(results, workdir, plots=bool(config.get("plots", True)))
     return results, paths
 
 
@@ -400,15 +405,15 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, progress: Call
         per_sparsity[s] = results
         paths += sub_paths
     summary = report.sweep_summary(per_sparsity, accuracy_budget=float(config.accuracy_budget))
-    paths += report.write_sweep_reports(summary, workdir, plots=bool(config.get("plots", True)))
+    if parallel.is_main_process():  # multi-host: one writer
+        paths += report.write_sweep_reports(summary, workdir, plots=bool(config.get("plots", True)))
     return summary, paths
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, progress: Callable | None = None) -> tuple[dict, list[str]]:
     """The whole job of ``experiments/run.py``: a sweep when ``config.sweep`` is set, else a comparison."""
     config_lib.validate(config)
-    if config.get("distributed", False):
-        jax.distributed.initialize()
+    parallel.initialize(config)  # jax.distributed.initialize() when config.distributed
     if config_lib.parse_sweep(config):
         return run_sweep(config, workdir, progress=progress)
     return run_comparison(config, workdir, progress=progress)

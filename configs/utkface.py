@@ -25,12 +25,7 @@ VARIANTS = {
     "gender_by_race": {"label": "gender", "groups": "race"},
     "age_by_race": {"label": "age_bins", "groups": "race"},
     **config_lib.MODEL_VARIANTS,
-    "cpu": {
-        "width": 0.25, "image_size": 32, "stem": "imagenet", "conv_impl": "auto",
-        "dense_epochs": 3, "vote_epochs": 2, "epochs": 3, "batch_size": 128,
-        "sparsity": 0.9, "schedule": "cosine", "learning_rate": 0.1,
-        "lth_rate": 0.7, "lth_round_epochs": 1,
-    },
+    "cpu": config_lib.cpu_variant(),
 }
 
 
