@@ -143,8 +143,8 @@ def make_voting_train_step(apply_fn: Callable, tx) -> Callable:
 
 
 def zeros_like_mask(mask: masks.Mask, params: PyTree, dtype=jnp.float32) -> PyTree:
-    """Zero arrays on prunable leaves (shaped like the params), ``None`` elsewhere."""
-    return masks.map_prunable(lambda m, p: jnp.zeros(jnp.shape(p), dtype), mask, params)
+    """Zero arrays on prunable leaves (shaped and placed like the params), ``None`` elsewhere."""
+    return masks.map_prunable(lambda m, p: jnp.zeros_like(p, dtype), mask, params)
 
 
 def normalize_output_axis(g: jax.Array, eps: float = 1e-12) -> jax.Array:

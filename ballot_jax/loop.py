@@ -337,7 +337,8 @@ def run_stages(
                  meta["phase"], meta["epoch"])
 
     def checkpoint():
-        nonlocal index
+        nonlocal index, state
+        state = ctx.replicate(state)  # arrays made on the host side (e.g. group weights) join the mesh too
         if mngr is not None:
             _save(mngr, index, state, meta)
             index += 1
