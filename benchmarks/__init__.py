@@ -1,0 +1,1 @@
+"""Benchmark scripts (not part of the library or the default test run); see benchmarks/README.md."""

@@ -1,0 +1,176 @@
+"""P1: cost of Ballot's votes. A voting epoch (training + the vote round) / a plain training epoch
+on the same data, for G = 2, 10, 100, 200 groups and both vote sources, plus the vote round's
+peak memory from the compiled memory analysis.
+
+* ``vote_source="pass"``: train epoch, then validation per-group accuracies, then one gradient
+  pass (one forward, two cotangents pulled back) over the validation split as vote data.
+* ``vote_source="train_steps"``: the fairness cotangent rides in every train step's backward
+  (``conflicts.make_voting_train_step``), then validation accuracies for the next weights.
+
+Both voting epochs are the library's own ``ticket`` stage epoch (``methods.ballot``), with the
+per-group cosine diagnostic off (``diag_batches=0``: it costs G backward passes by design). The
+plain epoch is ``loop.train_epoch`` with the context's train step over the same batches. The
+epochs alternate (plain, pass, train_steps, then reversed) and the ratio is the median over
+paired rounds. Model: ResNet-18 width 0.25, CIFAR stem, 32x32, batch 32, synthetic data held on
+the device; the validation split is 1/9 of the training split (as 400 / 3,600 in the reference
+setting).
+
+Memory: peak = arguments + outputs − aliased + temporaries of the compiled executable, for the
+vote round (``pass``: the gradient pass; ``train_steps``: the voting train step) against the
+plain counterpart (an eval-mode gradient of the mean loss; the plain train step), expressed in
+param-sized trees (all params, float32).
+
+The authors' prototype measures 3.0x here (two models forward and backward over the training
+set after every epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+from benchmarks.common import Row  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+NAME = "vote_cost"
+GOAL_RATIO = 1.7
+GOAL_EXTRA_TREES = 2.25  # "at most about two extra param-sized trees"
+GOAL_FLAT = 1.10  # max/min of the ratio over G
+
+
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _plain_gradient(apply_fn):
+    """Eval-mode gradient of the weighted mean loss w.r.t. the params (the plain gradient pass)."""
+    from ballot_jax import train
+
+    def grad(params, batch_stats, mask, batch):
+        def loss(p):
+            logits, _ = train.forward(apply_fn, p, batch_stats, mask, batch["image"], False)
+            w = train.batch_weights(batch)
+            return jnp.sum(train.example_losses(logits, batch["label"]) * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+        return jax.grad(loss)(params)
+
+    return jax.jit(grad)
+
+
+def memory_rows(ctx, state, G: int) -> tuple[list[Row], dict]:
+    """Compiled peak memory of each vote round against its plain counterpart, in param trees."""
+    from ballot_jax import conflicts
+
+    ts = state.train
+    pbytes = common.param_bytes(ts.params)
+    val_batch = next(iter(ctx.task.val.batches(batch_size=ctx.eval_batch_size, epoch=0, seed=0, shuffle=False,
+                                              augment=False, drop_remainder=False)))
+    train_batch = next(iter(ctx.task.train.batches(batch_size=ctx.batch_size, epoch=0, seed=0, shuffle=False,
+                                                  augment=False, drop_remainder=True)))
+    w = jnp.ones((G,), jnp.float32)
+    acc = {"a": conflicts.zeros_like_mask(ts.mask, ts.params), "f": conflicts.zeros_like_mask(ts.mask, ts.params)}
+    vote_pass = conflicts.make_gradient_pass(ctx.apply_fn).lower(ts.params, ts.batch_stats, ts.mask, val_batch, w, acc)
+    plain_pass = _plain_gradient(ctx.apply_fn).lower(ts.params, ts.batch_stats, ts.mask, val_batch)
+    lr = jnp.float32(0.1)
+    vote_step = conflicts.make_voting_train_step(ctx.apply_fn, ctx.tx).lower(ts, train_batch, lr, w)
+    plain_step = ctx.train_step.lower(ts, train_batch, lr)
+    mem = {k: common.compiled_peak_bytes(v.compile()) for k, v in
+           (("vote_pass", vote_pass), ("plain_pass", plain_pass), ("vote_step", vote_step), ("plain_step", plain_step))}
+    rows = []
+    meta = {"param_bytes": pbytes, "memory": mem}
+    for source, vote, plain in (("pass", "vote_pass", "plain_pass"), ("train_steps", "vote_step", "plain_step")):
+        extra = (mem[vote]["peak"] - mem[plain]["peak"]) / pbytes
+        rows.append(Row("P1", f"vote round peak memory beyond plain ({source}, G={G})", extra, "param trees",
+                        f"<= ~2 param trees", extra <= GOAL_EXTRA_TREES,
+                        f"{mem[vote]['peak'] / 2**20:.1f} MiB vs {mem[plain]['peak'] / 2**20:.1f} MiB; "
+                        f"params {pbytes / 2**20:.2f} MiB"))
+    return rows, meta
+
+
+def run(smoke: bool = False, groups: str | None = None, rounds: int | None = None) -> tuple[list[Row], dict]:
+    from ballot_jax import loop
+    from ballot_jax.methods import ballot, common as mcommon
+
+    G_list = [int(g) for g in groups.split(",")] if groups else ([2] if smoke else [2, 10, 100, 200])
+    rounds = rounds or (1 if smoke else 2)
+    if smoke:
+        n_train, n_val, hw, eval_bs = 64, 32, 8, 32
+    else:
+        n_train, n_val, hw, eval_bs = 1152, 128, 32, 128
+    model = common.small_resnet(num_classes=10, smoke=smoke)
+    base_cfg = dict(epochs=1, dense_epochs=1, vote_epochs=1, batch_size=32, eval_batch_size=eval_bs, sparsity=0.95,
+                    augment=False, diag_batches=0, model="resnet18", seeds=1)
+    base_ctx = None
+    ratios: dict[str, dict[int, float]] = {"pass": {}, "train_steps": {}}
+    times: dict[str, dict] = {}
+    rows: list[Row] = []
+    meta: dict = {"n_train": n_train, "n_val": n_val, "image": hw, "rounds": rounds, "groups": G_list}
+    for G in G_list:
+        task = common.synthetic_task(n_train=n_train, n_val=n_val, n_test=n_val, hw=hw, num_classes=10, num_groups=G)
+        if base_ctx is None:
+            base_ctx = common.make_context(common.config(**base_cfg), task, model)
+            state0, _ = common.init_run_state(base_ctx, model, task)
+        ctxs, states, stages = {}, {}, {}
+        for source in ("pass", "train_steps"):
+            ctx = dataclasses.replace(base_ctx, task=task, config=common.config(**base_cfg, vote_source=source))
+            st = ballot.initial_state(ctx, state0)
+            stage = ballot.build_stages(ctx)[0]
+            st, _ = stage.begin(ctx, st)
+            ctxs[source], states[source], stages[source] = ctx, st, stage
+
+        def plain() -> float:
+            ctx, st = ctxs["pass"], _copy(states["pass"])
+            ts, info, _ = loop.train_epoch(ctx, st.train, stage="ticket", stage_tag=mcommon.TICKET_TAG, epoch=0, epochs=1)
+            common.block(ts)
+            return info["train_seconds"]
+
+        def voting(source: str) -> float:
+            import time
+
+            ctx, st = ctxs[source], _copy(states[source])
+            t0 = time.perf_counter()
+            st, _ = stages[source].epoch(ctx, st, 0)
+            common.block(st)
+            return time.perf_counter() - t0
+
+        measured = common.paired({"plain": plain, "pass": functools.partial(voting, "pass"),
+                                  "train_steps": functools.partial(voting, "train_steps")}, rounds=rounds, warmup=1)
+        times[G] = {k: v for k, v in measured.items()}
+        for source in ("pass", "train_steps"):
+            r = common.median_ratio(measured[source], measured["plain"])
+            ratios[source][G] = r
+            rows.append(Row("P1", f"voting epoch / training epoch ({source}, G={G})", r, "x", f"<= {GOAL_RATIO}x",
+                            r <= GOAL_RATIO, f"{common.median(measured[source]):.2f} s vs "
+                                             f"{common.median(measured['plain']):.2f} s"))
+        if G == G_list[-1]:
+            mrows, mmeta = memory_rows(ctxs["pass"], states["pass"], G)
+            meta.update(mmeta)
+    for source in ("pass", "train_steps"):
+        vals = list(ratios[source].values())
+        if len(vals) > 1:
+            spread = max(vals) / min(vals)
+            rows.append(Row("P1", f"flatness in G ({source}): max/min ratio over G={G_list}", spread, "x",
+                            f"<= {GOAL_FLAT}x", spread <= GOAL_FLAT))
+    rows.extend(mrows)
+    meta["seconds"] = times
+    meta["prototype_ratio_measured_by_authors_on_this_machine"] = 3.0
+    return rows, meta
+
+
+def main(argv=None):
+    def extra(p):
+        p.add_argument("--groups", default=None, help="comma-separated group counts (default 2,10,100,200)")
+        p.add_argument("--rounds", type=int, default=None, help="measured rounds per G (default 2)")
+
+    return common.standard_main(NAME, __doc__.splitlines()[0], run, argv, extra)
+
+
+if __name__ == "__main__":
+    main()
