@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Callable, Mapping
 
@@ -260,7 +261,7 @@ def config_conflicts(saved: Mapping[str, Any], config: Mapping[str, Any]) -> dic
     for key in sorted(set(saved) & set(config)):
         if key in NEUTRAL_KEYS:
             continue
-        a, b = _jsonable(saved.get(key)), _jsonable(config.get(key))
+        a, b = (json.loads(json.dumps(_jsonable(x))) for x in (saved.get(key), config.get(key)))  # tuples → lists
         if a != b:
             out[key] = (a, b)
     return out
@@ -308,8 +309,11 @@ def setup_logging(workdir: str, *, console_level: int = logging.WARNING) -> logg
     handler.setLevel(logging.INFO)
     handler.addFilter(_OwnLogsFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for h in root.handlers:
-        h.setLevel(max(h.level, console_level))
+    for h in root.handlers:  # only console handlers: leave e.g. pytest's capture handlers alone
+        stream = getattr(h, "stream", None)
+        if type(h).__name__ == "ABSLHandler" or (not isinstance(h, logging.FileHandler)
+                                                 and stream in (sys.stderr, sys.stdout)):
+            h.setLevel(max(h.level, console_level))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     return handler

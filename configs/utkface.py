@@ -11,10 +11,8 @@ Variants (combine with commas, e.g. ``configs/utkface.py:cpu,gender_by_race``):
   gender_by_race  label gender, groups race (a sensitive attribute, as in Fair Scratch Tickets)
   age_by_race     label age bin (0-19, 20-39, 40-59, 60+), groups race
   resnet18 / resnet50 / vgg16   the model
-  cpu             a size that finishes on a 2-core CPU: width 0.25, 32×32 images (ImageNet
-                  stem: 8×8 maps after it), 3 dense + 2 vote + 3 retraining epochs, batch 128,
-                  cosine schedule at lr 0.1, 90% sparsity, LTH pruning 70% per round (two rounds,
-                  the first of one epoch)
+  cpu             2-core CPU size (:func:`ballot_jax.config.cpu_variant`): ResNet-18 at width
+                  0.25, 32×32 images, 3 dense + 2 vote + 2 retraining epochs, 90% sparsity
 """
 
 from ballot_jax import config as config_lib

@@ -1,0 +1,120 @@
+"""experiments/run.py end to end on the quickstart data (1 seed, 1 epoch, two methods), and a rerun.
+
+The command-line entry point is loaded from its file and its ``main`` called with parsed flags,
+as ``python experiments/run.py --config=configs/quickstart.py ...`` would.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+
+import pytest
+
+from ballot_jax import experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.seeds=1", "--config.epochs=1", "--config.dense_epochs=1", "--config.vote_epochs=1",
+        "--config.methods=ballot,magnitude", "--config.progress=False", "--config.diag_batches=0"]
+
+
+@pytest.fixture(scope="module")
+def run_module():
+    spec = importlib.util.spec_from_file_location("ballot_run_script", os.path.join(REPO, "experiments", "run.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # defines the --config / --workdir flags once
+    return mod
+
+
+def _main(mod, argv: list[str]) -> None:
+    cwd, saved_argv = os.getcwd(), sys.argv
+    os.chdir(REPO)  # the documented commands run from the repository root
+    sys.argv = ["run.py", *argv]  # config_flags reads its overrides from sys.argv
+    try:
+        rest = mod.FLAGS(sys.argv)
+        mod.main(rest)
+    finally:
+        os.chdir(cwd)
+        sys.argv = saved_argv
+        mod.FLAGS.unparse_flags()
+        for name in [n for n in mod.FLAGS if n.startswith("config.")]:  # overrides are defined per parse
+            delattr(mod.FLAGS, name)
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if isinstance(h, logging.FileHandler)
+                  and h.baseFilename.endswith(experiment.RUN_LOG)]:
+            root.removeHandler(h)
+            h.close()
+
+
+def test_run_quickstart_writes_every_output(run_module, tmp_path, capsys) -> None:
+    workdir = str(tmp_path / "qs")
+    t0 = time.perf_counter()
+    _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY])
+    first = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert "| ballot |" in out and "wall time:" in out  # the one-screen summary
+    for name in ("config.json", "results.json", "results.csv", "runs.csv", "results.md", "run.log",
+                 "per_group_accuracy.png", "accuracy_vs_fairness.png", "training_curves.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    res = json.load(open(os.path.join(workdir, "results.json")))
+    assert {"config", "task", "methods", "dense", "runs", "timings"} <= set(res)
+    assert res["methods"] == ["ballot", "magnitude"] and len(res["runs"]) == 2
+    for run in res["runs"]:
+        for key in ("method", "seed", "sparsity", "accuracy", "cwv", "mcd", "per_group_accuracy", "test", "mask",
+                    "mask_integrity", "seconds", "log", "config"):
+            assert key in run, key
+        assert run["sparsity"] == pytest.approx(0.8, abs=1e-3)
+        assert run["mask_integrity"]["nonzero_masked_weights"] == 0
+        assert len(run["per_group_accuracy"]) == res["task"]["num_groups"] == 10
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["epochs"] == 1 and saved["name"] == "quickstart" and saved["methods"] == "ballot,magnitude"
+    with open(os.path.join(workdir, "results.csv")) as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["dense", "ballot", "magnitude"]
+    log_text = open(os.path.join(workdir, "run.log")).read()
+    assert "ballot_jax.loop" in log_text and "retrain" in log_text
+
+    # Rerunning the same command skips every finished run and rewrites the same numbers.
+    t0 = time.perf_counter()
+    _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.plots=False"])
+    assert time.perf_counter() - t0 < first
+    again = json.load(open(os.path.join(workdir, "results.json")))
+    assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in res["runs"]]
+    assert "finished earlier, skipping" in open(os.path.join(workdir, "run.log")).read()
+
+    # A changed result-relevant setting in the same directory is refused, naming the key.
+    with pytest.raises(ValueError, match="epochs: 1 -> 2"):
+        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.epochs=2"])
+
+
+def test_default_workdir_is_deterministic() -> None:
+    from ballot_jax import config as config_lib
+
+    c = config_lib.base_config()
+    c.name, c.variant = "utkface", "cpu,gender_by_race"
+    assert experiment.default_workdir(c) == os.path.join("runs", "utkface_cpu_gender_by_race")
+    neutral = {"manual_dir": "../shared/data", "data_dir": "/tmp/x", "seeds": 5, "methods": "ballot"}
+    assert experiment.default_workdir(c, neutral) == os.path.join("runs", "utkface_cpu_gender_by_race")
+    a = experiment.default_workdir(c, {"epochs": 2})
+    assert a == experiment.default_workdir(c, {"epochs": 2}) != experiment.default_workdir(c, {"epochs": 3})
+    assert a.startswith(os.path.join("runs", "utkface_cpu_gender_by_race_")) and len(os.path.basename(a)) == 35
+
+
+def test_stage_progress_bars() -> None:
+    import io
+
+    buf = io.StringIO()
+    bar = experiment.StageProgress(file=buf)
+    bar.start_run("[1/2] seed 0 ballot")
+    for step in range(1, 5):
+        bar("ticket", step, 4)
+    bar("retrain", 3, 6)  # a resumed stage starts mid-way
+    assert bar._bar.n == 3 and bar._bar.total == 6
+    bar.close()
+    text = buf.getvalue()
+    assert "[1/2] seed 0 ballot: ticket" in text and "retrain" in text
+    experiment.StageProgress(enabled=False)("x", 1, 2)  # disabled: no bar, no error
