@@ -271,7 +271,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config to ``<workdir>/config.json``.
 
     If the directory already holds a config that differs in a result-changing key, raises
-    ``ValueError`` naming the keys: finished runs there would otherwise be reused silently.
+    :class:`WorkdirConflictError` naming the keys: finished runs there would otherwise be reused
+    silently.
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, CONFIG_JSON)
@@ -280,10 +281,14 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
         diff = config_conflicts(_load_json(path), current)
         if diff:
             lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
-            raise ValueError(f"{workdir} holds runs of a different configuration ({lines}); "
+            raise WorkdirConflictError(f"{workdir} holds runs of a different configuration ({lines}); "
                              "pass another --workdir, or delete the directory to start over")
     _write_json(path, current)
     return path
+
+
+class WorkdirConflictError(ValueError):
+    """The work directory holds runs of a configuration that differs in a result-changing key."""
 
 
 class _OwnLogsFilter(logging.Filter):

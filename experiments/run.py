@@ -47,6 +47,8 @@ def main(argv: list[str]) -> None:
     t0 = time.perf_counter()
     try:
         results, paths = experiment.run(config, workdir, progress=progress)
+    except experiment.WorkdirConflictError as e:
+        sys.exit(f"error: {e}")
     finally:
         progress.close()
     print()

@@ -6,8 +6,10 @@ as ``python experiments/run.py --config=configs/quickstart.py ...`` would.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -51,12 +53,19 @@ def _main(mod, argv: list[str]) -> None:
             h.close()
 
 
-def test_run_quickstart_writes_every_output(run_module, tmp_path, capsys) -> None:
-    workdir = str(tmp_path / "qs")
+@pytest.fixture(scope="module")
+def quickstart_run(run_module, tmp_path_factory):
+    """One tiny quickstart run through the command line: (workdir, printed output, seconds)."""
+    workdir = str(tmp_path_factory.mktemp("run") / "qs")
+    buf = io.StringIO()
     t0 = time.perf_counter()
-    _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY])
-    first = time.perf_counter() - t0
-    out = capsys.readouterr().out
+    with contextlib.redirect_stdout(buf):
+        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY])
+    return workdir, buf.getvalue(), time.perf_counter() - t0
+
+
+def test_run_quickstart_writes_every_output(quickstart_run) -> None:
+    workdir, out, _ = quickstart_run
     assert "| ballot |" in out and "wall time:" in out  # the one-screen summary
     for name in ("config.json", "results.json", "results.csv", "runs.csv", "results.md", "run.log",
                  "per_group_accuracy.png", "accuracy_vs_fairness.png", "training_curves.png"):
@@ -78,17 +87,24 @@ def test_run_quickstart_writes_every_output(run_module, tmp_path, capsys) -> Non
     log_text = open(os.path.join(workdir, "run.log")).read()
     assert "ballot_jax.loop" in log_text and "retrain" in log_text
 
-    # Rerunning the same command skips every finished run and rewrites the same numbers.
+
+def test_changed_setting_in_same_workdir_is_refused(run_module, quickstart_run) -> None:
+    workdir, _, _ = quickstart_run
+    with pytest.raises(SystemExit, match="epochs: 1 -> 2"):
+        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.epochs=2"])
+
+
+def test_rerun_skips_finished_runs(run_module, quickstart_run) -> None:
+    """Rerunning the same command skips every finished run and rewrites the same numbers."""
+    workdir, _, first = quickstart_run
+    before = json.load(open(os.path.join(workdir, "results.json")))
     t0 = time.perf_counter()
-    _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.plots=False"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.plots=False"])
     assert time.perf_counter() - t0 < first
     again = json.load(open(os.path.join(workdir, "results.json")))
-    assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in res["runs"]]
+    assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in before["runs"]]
     assert "finished earlier, skipping" in open(os.path.join(workdir, "run.log")).read()
-
-    # A changed result-relevant setting in the same directory is refused, naming the key.
-    with pytest.raises(ValueError, match="epochs: 1 -> 2"):
-        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.epochs=2"])
 
 
 def test_default_workdir_is_deterministic() -> None:
@@ -105,8 +121,6 @@ def test_default_workdir_is_deterministic() -> None:
 
 
 def test_stage_progress_bars() -> None:
-    import io
-
     buf = io.StringIO()
     bar = experiment.StageProgress(file=buf)
     bar.start_run("[1/2] seed 0 ballot")
