@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.width = 1.0  # channel multiplier (1.0: the standard widths)
     c.stem = "cifar"  # ResNet stem: "cifar" (3x3/1) or "imagenet" (7x7/2 + max-pool)
     c.conv_impl = "auto"  # convolution lowering: "xla", "patches" or "auto" (fastest for the platform)
-    c.dtype = "float32"  # or bfloat16 (compute only; params stay float32)
+    c.dtype = "float32"  # compute dtype, float32 or bfloat16 (params stay float32)
     c.keep_stem = False  # never prune the first convolution
     c.keep_head = False  # never prune the classifier
     # --- training budget (the same for every method) --------------------------------------------
@@ -76,7 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.decay_factor = 0.1  # multiplier at each "step" boundary
     c.warmup_fraction = 0.0  # share of a stage spent warming up (warmup_* schedules)
     # --- Ballot ---------------------------------------------------------------------------------
-    c.vote_epochs = placeholder(int)  # default: epochs
+    c.vote_epochs = placeholder(int)  # Ballot: epochs of the ticket trajectory, one vote round after each (None: epochs)
     c.vote_source = "pass"  # Ballot: "pass" (a gradient pass over vote_data per vote) or "train_steps"
     c.vote_data = "val"  # Ballot: split the vote gradients are taken on, "val" or "train"
     c.eta = 1.0  # Ballot: weight η of the fairness gradient in s = â + η·f̂
@@ -228,3 +228,20 @@ def cpu_variant(**overrides: Any) -> dict[str, Any]:
          "schedule": "cosine", "learning_rate": 0.1, "lth_rate": 0.7, "lth_round_epochs": 1}
     v.update(overrides)
     return v
+
+
+README_TABLE_MARKERS = ("<!-- config-table:start -->", "<!-- config-table:end -->")
+
+
+def write_readme_table(path: str = "README.md") -> bool:
+    """Regenerates the config table between the README's markers; True if the file changed."""
+    start, end = README_TABLE_MARKERS
+    with open(path) as f:
+        text = f.read()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{key_table()}{end}{tail}"
+    if new != text:
+        with open(path, "w") as f:
+            f.write(new)
+    return new != text

@@ -158,3 +158,12 @@ def test_key_table_covers_every_key() -> None:
     assert sorted(r[1] for r in rows) == sorted(config_lib.base_config().keys())
     undocumented = [r[1] for r in rows if not r[3]]
     assert not undocumented, f"config keys without a comment in base_config(): {undocumented}"
+
+
+def test_readme_config_table_is_current() -> None:
+    start, end = config_lib.README_TABLE_MARKERS
+    text = open(os.path.join(REPO, "README.md")).read()
+    table = text.split(start, 1)[1].split(end, 1)[0].strip()
+    assert table == config_lib.key_table().strip(), (
+        "README.md's config table is out of date; regenerate it from the repository root with\n"
+        "  python -c \"import ballot_jax.config as c; c.write_readme_table('README.md')\"")
