@@ -234,7 +234,7 @@ NEUTRAL_KEYS = frozenset({
 
 
 def default_workdir(config: Any, overrides: Mapping[str, Any] | None = None, root: str = "runs") -> str:
-    """``runs/<name>[_<variants>][_<hash>]``: the same command always gets the same directory.
+    """``runs/<name>[_<variants>][_sweep<Ω1>-<Ω2>…][_<hash>]``: the same command, the same directory.
 
     ``overrides`` are the ``--config.key=value`` overrides of the command line; those that can
     change results (not :data:`NEUTRAL_KEYS`) add a short hash, so a run with other settings
@@ -244,6 +244,9 @@ def default_workdir(config: Any, overrides: Mapping[str, Any] | None = None, roo
     variant = str(config.get("variant", "") or "")
     if variant:
         parts.append(variant.replace(",", "_"))
+    sweep = config_lib.parse_sweep(config)
+    if sweep:
+        parts.append("sweep" + "-".join(f"{s:g}" for s in sweep))
     relevant = {k: v for k, v in sorted((overrides or {}).items()) if k.split(".")[0] not in NEUTRAL_KEYS}
     if relevant:
         digest = hashlib.sha1(json.dumps(_jsonable(relevant), sort_keys=True).encode()).hexdigest()[:8]

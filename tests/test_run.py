@@ -132,3 +132,33 @@ def test_stage_progress_bars() -> None:
     text = buf.getvalue()
     assert "[1/2] seed 0 ballot: ticket" in text and "retrain" in text
     experiment.StageProgress(enabled=False)("x", 1, 2)  # disabled: no bar, no error
+
+
+def test_sweep_runs_each_sparsity_in_its_own_directory(tmp_path, monkeypatch) -> None:
+    """run() with a sweep: one compare run per Ω in sparsity_<Ω>/, then the sweep reports."""
+    from ballot_jax import config as config_lib
+
+    seen = []
+
+    def fake_comparison(config, workdir, *, progress=None):
+        seen.append((config.sparsity, config.sweep, os.path.basename(workdir)))
+        acc = 0.9 - config.sparsity / 100
+        runs = [{"method": m, "seed": s, "sparsity": config.sparsity, "target_sparsity": config.sparsity,
+                 "accuracy": acc - (0.1 if m == "magnitude" and config.sparsity > 0.8 else 0), "cwv": 0.01 + 0.01 * (m != "ballot"),
+                 "mcd": 0.2 + 0.1 * (m != "ballot"), "per_group_accuracy": [0.5, 0.6]} for m in ("ballot", "magnitude")
+                for s in range(2)]
+        dense = [{"seed": s, "test": {"accuracy": 0.9, "cwv": 0.01, "mcd": 0.2, "per_group_accuracy": [0.8, 0.9]}}
+                 for s in range(2)]
+        return {"methods": ["ballot", "magnitude"], "runs": runs, "dense": dense}, []
+
+    monkeypatch.setattr(experiment, "run_comparison", fake_comparison)
+    config = config_lib.base_config()
+    config.name, config.sweep, config.plots = "toy", "0.5,0.9", False
+    assert experiment.default_workdir(config) == os.path.join("runs", "toy_sweep0.5-0.9")
+    summary, paths = experiment.run(config, str(tmp_path))
+    assert seen == [(0.5, "", "sparsity_0.5"), (0.9, "", "sparsity_0.9")]
+    assert {os.path.basename(p) for p in paths} == {"config.json", "sweep.json", "sweep.csv", "sweep.md"}
+    within = {(r["sparsity"], r["method"]): r["within_budget"] for r in summary["rows"]}
+    assert within == {(0.5, "ballot"): True, (0.5, "magnitude"): True, (0.9, "ballot"): True,
+                      (0.9, "magnitude"): False}
+    assert "| 90% | magnitude |" in (tmp_path / "sweep.md").read_text()
