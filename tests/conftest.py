@@ -1,4 +1,4 @@
-"""Shared test fixtures: a tiny Flax model and random data that every module test can use."""
+"""Shared test fixtures (helpers live in tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,11 @@ import os
 # Several CPU devices for the sharding tests; must be set before jax initialises its backend.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-
-class TinyNet(nn.Module):
-    """Conv -> BN -> relu -> pool -> dense: two prunable kernels ("stem", "head")."""
-
-    num_classes: int = 3
-    features: int = 4
-
-    @nn.compact
-    def __call__(self, x, train: bool = False):
-        x = nn.Conv(self.features, (3, 3), use_bias=False, name="stem")(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x)
-        x = nn.relu(x)
-        x = nn.Conv(self.features, (3, 3), use_bias=False, name="conv")(x)
-        x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, name="head")(x)
-
+from helpers import TinyNet, random_batch  # noqa: F401  (re-exported for older imports)
 
 @pytest.fixture
 def tiny_model():
@@ -36,14 +19,3 @@ def tiny_model():
     model = TinyNet()
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 3)), train=False)
     return model, variables
-
-
-def random_batch(seed: int, n: int = 16, num_classes: int = 3, num_groups: int = 2, hw: int = 8):
-    """A deterministic random batch {image, label, group, weight}."""
-    rng = np.random.default_rng(seed)
-    return {
-        "image": jnp.asarray(rng.normal(size=(n, hw, hw, 3)), jnp.float32),
-        "label": jnp.asarray(rng.integers(0, num_classes, n), jnp.int32),
-        "group": jnp.asarray(rng.integers(0, num_groups, n), jnp.int32),
-        "weight": jnp.ones((n,), jnp.float32),
-    }

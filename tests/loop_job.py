@@ -21,7 +21,7 @@ import numpy as np
 
 from ballot_jax import loop, masks, methods, train
 from ballot_jax.methods import common
-from conftest import TinyNet
+from helpers import TinyNet
 from fakes import fake_task
 
 

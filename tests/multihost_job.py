@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 from ballot_jax import experiment, loop, masks, methods  # noqa: E402
 from ballot_jax.methods import common  # noqa: E402
-from conftest import TinyNet  # noqa: E402
+from helpers import TinyNet  # noqa: E402
 from test_parallel import CONFIG, array_task  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ballot_jax import conflicts, masks, train
-from conftest import random_batch
+from helpers import random_batch
 
 
 def test_gradients_equal_per_group_combinations(tiny_model):

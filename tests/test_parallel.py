@@ -21,7 +21,7 @@ from ballot_jax import config as config_lib
 from ballot_jax import experiment, loop, masks, methods, parallel, train
 from ballot_jax.data import ArraySplit, TaskData
 from ballot_jax.methods import common
-from conftest import TinyNet, random_batch
+from helpers import TinyNet, random_batch
 
 needs8 = pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 (simulated) devices, see tests/conftest.py")
 

@@ -9,7 +9,7 @@ import pytest
 
 import ballot_jax
 from ballot_jax import masks, selection
-from conftest import TinyNet
+from helpers import TinyNet
 
 
 def _split(rng, n):

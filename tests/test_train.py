@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ballot_jax import masks, train
-from conftest import random_batch
+from helpers import random_batch
 
 
 def _setup(tiny_model, sparsity=0.5, **opt):

@@ -19,7 +19,7 @@ import pytest
 
 from ballot_jax import loop, masks, methods, train
 from ballot_jax.methods import common, fairscratch, lth, magnitude, safecompress
-from conftest import TinyNet
+from helpers import TinyNet
 from fakes import fake_task
 
 BASE = dict(sparsity=0.5, epochs=2, dense_epochs=2, batch_size=16)
