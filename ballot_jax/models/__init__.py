@@ -87,7 +87,9 @@ def create(
         raise ValueError(f"unknown model {name!r}; valid names: {names()}")
     check_stem(stem)
     if conv_impl not in IMPLS:
-        raise ValueError(f"unknown conv_impl {conv_impl!r}; valid values: {sorted(IMPLS)}")
+        raise ValueError(
+            f"unknown conv_impl {conv_impl!r}; valid values: {sorted(IMPLS)}"
+        )
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if not width > 0:
@@ -97,27 +99,38 @@ def create(
     )
 
 
+def _build_kwargs(num_classes: int, width: float, dtype: Any, conv_impl: str) -> dict[str, Any]:
+    """Keyword arguments shared by every model class."""
+    return dict(num_classes=num_classes, width=width, dtype=dtype, conv_impl=conv_impl)
+
+
 @register("resnet18")
-def _resnet18(*, num_classes: int, width: float, stem: str, dtype: Any, conv_impl: str) -> nn.Module:
+def _resnet18(
+    *, num_classes: int, width: float, stem: str, dtype: Any, conv_impl: str
+) -> nn.Module:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2])."""
-    return ResNet18(num_classes=num_classes, width=width, stem=stem, dtype=dtype, conv_impl=conv_impl)
+    return ResNet18(stem=stem, **_build_kwargs(num_classes, width, dtype, conv_impl))
 
 
 @register("resnet50")
-def _resnet50(*, num_classes: int, width: float, stem: str, dtype: Any, conv_impl: str) -> nn.Module:
+def _resnet50(
+    *, num_classes: int, width: float, stem: str, dtype: Any, conv_impl: str
+) -> nn.Module:
     """ResNet-50 (Bottleneck, [3, 4, 6, 3], v1.5)."""
-    return ResNet50(num_classes=num_classes, width=width, stem=stem, dtype=dtype, conv_impl=conv_impl)
+    return ResNet50(stem=stem, **_build_kwargs(num_classes, width, dtype, conv_impl))
 
 
 @register("vgg16")
 def _vgg16(*, num_classes: int, width: float, stem: str, dtype: Any, conv_impl: str) -> nn.Module:
     """CIFAR VGG-16 with batch norm (``stem`` ignored)."""
     del stem
-    return VGG(num_classes=num_classes, width=width, dtype=dtype, conv_impl=conv_impl)
+    return VGG(**_build_kwargs(num_classes, width, dtype, conv_impl))
 
 
 @register("cnn_small")
-def _cnn_small(*, num_classes: int, width: float, stem: str, dtype: Any, conv_impl: str) -> nn.Module:
+def _cnn_small(
+    *, num_classes: int, width: float, stem: str, dtype: Any, conv_impl: str
+) -> nn.Module:
     """Tiny 3-conv BN net for tests (``stem`` ignored)."""
     del stem
-    return SmallCNN(num_classes=num_classes, width=width, dtype=dtype, conv_impl=conv_impl)
+    return SmallCNN(**_build_kwargs(num_classes, width, dtype, conv_impl))

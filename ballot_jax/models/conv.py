@@ -2,8 +2,9 @@
 
 XLA:CPU lowers some convolutions very slowly (small spatial extent with many
 channels, e.g. a 3x3 conv on a 2x2 map with 512 channels, and the input
-gradients of such convs), and the gradient of ``lax.reduce_window`` max-pool
-(``select_and_scatter_add``) is slow as well.  This module offers:
+gradients of such convs; kernel gradients on large maps), and the gradient of
+``lax.reduce_window`` max-pool (``select_and_scatter_add``) is slow as well.
+This module offers:
 
 * :class:`Conv`, a drop-in replacement for ``flax.linen.Conv`` (2-D, NHWC)
   whose parameter tree does not depend on how the convolution is computed.
@@ -13,12 +14,20 @@ gradients of such convs), and the gradient of ``lax.reduce_window`` max-pool
   - ``"patches"``: im2col built from strided slices of the padded input,
     followed by a single matmul (a 1x1 conv is a plain matmul);
   - ``"auto"``: ``"xla"`` on GPU/TPU; on CPU a per-shape rule
-    (:func:`choose_conv_impl`) picks between the two.
+    (:func:`choose_conv_impl`) picks ``"patches"`` or ``"hybrid"``
+    (:func:`conv_hybrid`: XLA forward and input gradient, kernel gradient
+    as one matmul per kernel offset).
+
+  All lowerings compute the same function (and gradients) up to float
+  rounding.
 
 * :func:`max_pool`, a max-pool built from strided slices and
   ``jnp.maximum`` with a custom gradient that routes the cotangent to the
   first maximal element of each window, exactly like ``flax.linen.max_pool``
-  (``select_and_scatter_add``) but without its slow CPU lowering.
+  (``select_and_scatter_add``) but without its slow CPU lowering (3x3/2
+  pool on 32x32x64, batch 32, forward + backward: ~17 ms vs ~80 ms CPU time).
+  :func:`max_pool_impl` selects between the two with the same ``impl``
+  names as :class:`Conv`.
 """
 
 from __future__ import annotations
@@ -109,7 +118,9 @@ def _strided_windows(
     ho = _out_size(h, kh, sh, plh, phh)
     wo = _out_size(w, kw, sw, plw, phw)
     if ho <= 0 or wo <= 0:
-        raise ValueError(f"window {kernel_size} does not fit input {x.shape[1:3]} with pads {pads}")
+        raise ValueError(
+            f"window {kernel_size} does not fit input {x.shape[1:3]} with pads {pads}"
+        )
     if any(p != 0 for pair in pads for p in pair):
         # Negative padding (cropping) is allowed by lax.pad as well.
         x = jax.lax.pad(
@@ -235,22 +246,28 @@ def choose_conv_impl(
     cout: int,
     platform: str | None = None,
 ) -> str:
-    """Pick ``"xla"`` or ``"patches"`` for one conv shape.
+    """Pick the lowering (``"xla"``, ``"patches"`` or ``"hybrid"``) for a shape.
 
     On accelerators this is always ``"xla"``.  On CPU the rule comes from
-    timing forward + backward at batch 32 with XLA:CPU (jax 0.10, 2-core
-    AMD EPYC; see the numbers below, CPU ms per call):
+    timing batch-32 convs with XLA:CPU (jax 0.10, 2-core AMD EPYC; medians
+    of process CPU time, the machine was shared so only large ratios count):
 
-    * inputs with a spatial side ``<= SMALL_SPATIAL`` (4): the native
-      lowering is pathological (3x3 conv, 2x2 map, 512->512: ~800 ms
-      forward and ~800 ms input-gradient vs ~9 ms each as im2col + matmul;
-      3x3/2 conv on 4x4, 256->512: input gradient 143 ms vs 5 ms);
-    * kernels with ``kh * kw >= LARGE_KERNEL_AREA`` (25), i.e. the 7x7 stem:
-      the native kernel gradient is slow (forward + kernel gradient at
-      64x64x3 -> 64: ~129 ms vs ~89 ms);
-    * otherwise (3x3 / 1x1 on maps of 8x8 and larger) the native conv is as
-      fast or faster and needs no 9x-larger im2col buffer (e.g. 8x8,
-      128->128: 25 ms vs 33 ms; 32x32x3 -> 64: 20 ms vs 27 ms).
+    * an input spatial side ``<= SMALL_SPATIAL`` (4) -> ``"patches"``: the
+      native lowering is pathological there (3x3 conv on a 2x2 map,
+      512->512: ~800 ms forward and ~800 ms input gradient vs ~9 ms each as
+      im2col + matmul; 3x3/2 conv on 4x4, 256->512: input gradient 143 ms
+      vs 5 ms);
+    * ``kh * kw >= LARGE_KERNEL_AREA`` (25), i.e. the 7x7 stem ->
+      ``"patches"`` (forward + kernel gradient at 64x64x3 -> 64: ~90-100 ms
+      vs ~108-129 ms native);
+    * otherwise (3x3 / 1x1 on maps of 8x8 and larger) -> ``"hybrid"``: the
+      native forward and input gradient are as fast as im2col or faster and
+      need no 9x-larger buffer, but the native kernel gradient degrades
+      with the map size (32x32, 64->64: 543 ms vs 125 ms per-offset
+      matmuls; 16x16, 128->128: 115 vs 83 ms; 8x8, 256->256: 68 vs 44 ms).
+
+    ResNet-18 (ImageNet stem, 64x64, batch 32) train step: ~6.3-6.8 s of CPU
+    time with ``"xla"`` vs ~0.8-0.95 s with this rule.
     """
     if platform is None:
         platform = jax.default_backend()
@@ -276,8 +293,9 @@ class Conv(nn.Module):
       precision: matmul/conv precision passed to XLA.
       kernel_init: initializer of the HWIO ``"kernel"`` param.
       bias_init: initializer of ``"bias"``.
-      impl: ``"xla"``, ``"patches"`` or ``"auto"`` (see module docstring);
-        the parameter tree is the same for every value.
+      impl: ``"xla"``, ``"patches"`` or ``"auto"`` (see module docstring;
+        ``"hybrid"`` is accepted too); the parameter tree is the same for
+        every value.
     """
 
     features: int
@@ -295,14 +313,15 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """Apply the convolution to ``x`` of shape ``[B, H, W, C]``."""
-        if self.impl not in IMPLS:
+        if self.impl not in IMPLS + LOWERINGS:
             raise ValueError(f"impl must be one of {sorted(IMPLS)}, got {self.impl!r}")
         if x.ndim != 4:
             raise ValueError(f"Conv expects NHWC input, got shape {x.shape}")
         ks = _pair(self.kernel_size, "kernel_size")
         st = _pair(self.strides, "strides")
         cin = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, ks + (cin, self.features), self.param_dtype)
+        kernel_shape = ks + (cin, self.features)
+        kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
         bias = (
             self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias
@@ -389,7 +408,8 @@ def max_pool(
 
 
 def choose_pool_impl(platform: str | None = None) -> str:
-    """``"auto"`` max-pool lowering: slices on CPU, ``reduce_window`` elsewhere."""
+    """``"auto"`` max-pool lowering: ``"patches"`` (strided slices,
+    :func:`max_pool`) on CPU, ``"xla"`` (``reduce_window``) elsewhere."""
     if platform is None:
         platform = jax.default_backend()
     return "patches" if platform == "cpu" else "xla"
@@ -404,10 +424,10 @@ def max_pool_impl(
 ) -> Array:
     """Max-pool with a selectable lowering (same values for every ``impl``).
 
-    ``"xla"`` is ``flax.linen.max_pool``; ``"patches"`` is :func:`max_pool`;
-    ``"auto"`` picks via :func:`choose_pool_impl`.
+    ``"xla"`` is ``flax.linen.max_pool``; ``"patches"`` (and ``"hybrid"``)
+    is :func:`max_pool`; ``"auto"`` picks via :func:`choose_pool_impl`.
     """
-    if impl not in IMPLS:
+    if impl not in IMPLS + LOWERINGS:
         raise ValueError(f"impl must be one of {sorted(IMPLS)}, got {impl!r}")
     if impl == "auto":
         impl = choose_pool_impl()

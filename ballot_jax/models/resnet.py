@@ -149,5 +149,13 @@ class ResNet(nn.Module):
         return jnp.asarray(x, jnp.float32)
 
 
-ResNet18 = functools.partial(ResNet, block=BasicBlock, stage_sizes=(2, 2, 2, 2))
-ResNet50 = functools.partial(ResNet, block=Bottleneck, stage_sizes=(3, 4, 6, 3))
+def ResNet18(**kwargs: Any) -> ResNet:  # noqa: N802 (class-like factory)
+    """ResNet-18: :class:`BasicBlock`, stages ``(2, 2, 2, 2)``; ``kwargs`` go to
+    :class:`ResNet` (``num_classes``, ``width``, ``stem``, ``dtype``, ``conv_impl``)."""
+    return ResNet(block=BasicBlock, stage_sizes=(2, 2, 2, 2), **kwargs)
+
+
+def ResNet50(**kwargs: Any) -> ResNet:  # noqa: N802 (class-like factory)
+    """ResNet-50 v1.5: :class:`Bottleneck`, stages ``(3, 4, 6, 3)``; ``kwargs``
+    go to :class:`ResNet`."""
+    return ResNet(block=Bottleneck, stage_sizes=(3, 4, 6, 3), **kwargs)
