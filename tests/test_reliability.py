@@ -113,3 +113,26 @@ def test_stage_list_mismatch_is_refused(tmp_path):
     _dense(ctx, variables, str(tmp_path / "run"))
     with pytest.raises(loop.CheckpointError, match="another work directory"):
         loop.run_stages(ctx, [common.train_stage("other", 1)], loop.initial_state(ctx, variables), str(tmp_path / "run"))
+
+
+def test_unknown_config_key_and_bad_values_are_named():
+    from ballot_jax import config
+
+    c = config.base_config()
+    with pytest.raises(AttributeError, match='"sparsty" does not exist'):
+        c.sparsty = 0.9
+    for key, value, match in [("sparsity", 1.0, r"outside \[0, 1\)"), ("sparsity", -0.1, r"outside \[0, 1\)"),
+                              ("epochs", 0, "positive"), ("dtype", "float16", "valid: float32, bfloat16")]:
+        bad = config.base_config()
+        bad[key] = value
+        with pytest.raises(ValueError, match=match):
+            config.validate(bad)
+
+
+def test_unknown_method_and_model_names_list_the_valid_ones():
+    from ballot_jax import models
+
+    with pytest.raises(ValueError, match="ballot, fairscratch, lth, magnitude, random, safecompress"):
+        methods.get("ballots")
+    with pytest.raises(ValueError, match="resnet18"):
+        models.create("resnet19", num_classes=2)
