@@ -199,8 +199,13 @@ def test_source_split_resizes_like_materialized(data):
     np.testing.assert_array_equal(sub.materialize().images, memory.images[5:9])
 
 
+@pytest.mark.slow
 def test_source_split_with_worker_process(data):
-    """worker_count>0 (grain mp_prefetch) yields the same batches as in-process reading."""
+    """worker_count>0 (grain mp_prefetch) yields the same batches as in-process reading.
+
+    Slow and out of the default run: it forks worker processes from a process whose JAX runtime
+    has started threads, and a full-suite run aborted later in the same process after it.
+    """
     images, labels, groups = data
     source = [{"image": images[i]} for i in range(N)]
     inproc = SourceSplit(source, labels, groups, image_size=SIZE)
