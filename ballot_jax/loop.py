@@ -127,12 +127,14 @@ class Context:
         return self._cache[name]
 
     def replicate(self, tree: PyTree) -> PyTree:
-        """``tree`` replicated on every device of the batch sharding's mesh (unchanged without one).
+        """``tree`` replicated on every device of the batch sharding's mesh (on the default device without one).
 
         With a sharded batch and replicated state, the jitted steps run data-parallel: XLA
         inserts the all-reduces (see :mod:`ballot_jax.parallel`).
         """
-        return parallel.replicate(tree, self.sharding)
+        # Without a mesh everything is committed to the default device: a state mixing committed
+        # (restored, device_put) and uncommitted arrays would compile the steps once per mix.
+        return parallel.replicate(tree, self.sharding if self.sharding is not None else jax.devices()[0])
 
 
 # ---------------------------------------------------------------------------------------------

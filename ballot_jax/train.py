@@ -257,9 +257,8 @@ def evaluate_counts(
     num_classes: int,
 ) -> jax.Array:
     """Confusion counts [G, C, C] of the masked model over ``batches`` (device array)."""
-    counts = fairness.init_counts(num_groups, num_classes)
-    if isinstance(getattr(state.step, "sharding", None), jax.sharding.NamedSharding):
-        counts = jax.device_put(counts, state.step.sharding)  # replicated like the state: one compile
+    # Placed like the state (replicated on its mesh, or committed to its device): one compile.
+    counts = jax.device_put(fairness.init_counts(num_groups, num_classes), state.step.sharding)
     for batch in batches:
         counts = eval_step(state.params, state.batch_stats, state.mask, batch, counts)
     return counts
