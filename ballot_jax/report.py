@@ -219,13 +219,23 @@ def improvement_table(imp: Mapping[str, Mapping[str, float | None]]) -> str:
     return _md_table(["Ballot vs", "CWV improvement", "MCD improvement", "mean (paper's figure)"], body)
 
 
-def group_metrics_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Worst-group accuracy, demographic-parity and equalised-odds differences (mean ± 95% CI)."""
-    body = [[r["method"], fmt_ci(r["worst_group_accuracy_mean"], r["worst_group_accuracy_ci"]),
-             fmt_ci(r["demographic_parity_difference_mean"], r["demographic_parity_difference_ci"]),
-             fmt_ci(r["equalized_odds_difference_mean"], r["equalized_odds_difference_ci"]),
-             f"{r['seconds_mean']:.0f}" if np.isfinite(r["seconds_mean"]) else "n/a"] for r in rows]
-    return _md_table(["method", "worst-group acc (%)", "DP difference (%)", "EO difference (%)", "seconds / run"], body)
+def group_metrics_table(rows: Sequence[Mapping[str, Any]], sensitive: bool = True) -> str:
+    """Worst-group accuracy, run time and, for sensitive-attribute groups (``sensitive``), the
+    demographic-parity and equalised-odds differences (mean ± 95% CI).
+
+    With class-wise groups DP/EO compare a group's predictions with its own label, which says
+    nothing about fairness, so they are left out.
+    """
+    header = ["method", "worst-group acc (%)"] + (["DP difference (%)", "EO difference (%)"] if sensitive else [])
+    body = []
+    for r in rows:
+        row = [r["method"], fmt_ci(r["worst_group_accuracy_mean"], r["worst_group_accuracy_ci"])]
+        if sensitive:
+            row += [fmt_ci(r["demographic_parity_difference_mean"], r["demographic_parity_difference_ci"]),
+                    fmt_ci(r["equalized_odds_difference_mean"], r["equalized_odds_difference_ci"])]
+        row.append(f"{r['seconds_mean']:.0f}" if np.isfinite(r["seconds_mean"]) else "n/a")
+        body.append(row)
+    return _md_table(header + ["seconds / run"], body)
 
 
 def per_group_table(rows: Sequence[Mapping[str, Any]], group_names: Sequence[str], max_groups: int = 20) -> str:
@@ -273,7 +283,8 @@ def results_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> s
         out += ["## Ballot's fairness improvement", "",
                 "(m_base − m_ballot) / m_base per metric on the seed means, and its mean over CWV and MCD "
                 "(the figure the paper reports). Positive: Ballot is fairer.", "", improvement_table(imp)]
-    out += ["## Group metrics", "", group_metrics_table(rows)]
+    groups = ((results.get("task") or {}).get("info") or {}).get("groups", c.get("groups"))
+    out += ["## Group metrics", "", group_metrics_table(rows, sensitive=groups != "classes")]
     names = (results.get("task") or {}).get("group_names") or []
     if names:
         out += ["## Per-group test accuracy (%, seed mean)", "", per_group_table(rows, names)]

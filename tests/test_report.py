@@ -139,3 +139,14 @@ def test_sweep_reports(tmp_path) -> None:
     data = json.loads((tmp_path / "sweep.json").read_text())  # strict JSON: no NaN
     assert data["accuracy_budget"] == 0.05 and len(data["rows"]) == 6
     assert np.isfinite([r["accuracy_mean"] for r in data["rows"]]).all()
+
+
+def test_dp_eo_only_for_sensitive_attribute_groups() -> None:
+    rows = report.method_summary(_results())
+    assert "DP difference" in report.group_metrics_table(rows, sensitive=True)
+    assert "DP difference" not in report.group_metrics_table(rows, sensitive=False)
+    res = _results()
+    res["task"]["info"] = {"groups": "classes"}
+    assert "DP difference" not in report.results_markdown(res)
+    res["task"]["info"] = {"groups": "race"}
+    assert "| ballot | 50.00 ± 0.00 | 10.00 ± 0.00 | 20.00 ± 0.00 | 2 |" in report.results_markdown(res)
