@@ -79,6 +79,45 @@ def measure_model(model, hw: int, steps: int, rounds: int, mm_one, mm_flops: flo
                  "achieved_gflops": achieved / 1e9, "matmul_gflops": peak / 1e9}
 
 
+def breakdown_rows(model, hw: int, steps: int, rounds: int, mm_one, mm_flops: float) -> tuple[list[Row], dict]:
+    """Information rows: forward (eval mode) and forward+backward (no optimizer) against the full step."""
+    from benchmarks.masked_step import make_states
+    from ballot_jax import train
+
+    state, _, batch, tx = make_states(model, hw)
+
+    def fwd(params, stats, mask, images):
+        return train.forward(model.apply, params, stats, mask, images, False)[0]
+
+    def grad(params, stats, mask, b):
+        def loss(p):
+            logits, new_stats = train.forward(model.apply, p, stats, mask, b["image"], True)
+            return jnp.mean(train.example_losses(logits, b["label"])), new_stats
+
+        return jax.grad(loss, has_aux=True)(params)
+
+    parts = {"forward": (jax.jit(fwd), (state.params, state.batch_stats, state.mask, batch["image"])),
+             "forward+backward": (jax.jit(grad), (state.params, state.batch_stats, state.mask, batch))}
+    rows, meta = [], {}
+    for name, (fn, args) in parts.items():
+        flops = step_flops(fn, *args)
+        common.block(fn(*args))
+
+        def one(fn=fn, args=args) -> float:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                out = fn(*args)
+            common.block(out)
+            return (time.perf_counter() - t0) / steps
+
+        t = common.paired({"part": one, "matmul": mm_one}, rounds=rounds, warmup=0)
+        frac = common.median([(flops / a) / (mm_flops / m) for a, m in zip(t["part"], t["matmul"])])
+        rows.append(Row("P6", f"  {name} only: FLOP/s / matmul FLOP/s", 100 * frac, "%", "info", None,
+                        f"{flops / 1e9:.2f} GFLOP, {common.median(t['part']) * 1e3:.0f} ms"))
+        meta[name] = {"flops": flops, "seconds": t["part"], "matmul_seconds": t["matmul"]}
+    return rows, meta
+
+
 def run(smoke: bool = False, reference: bool = False, n: int | None = None) -> tuple[list[Row], dict]:
     n = n or (256 if smoke else 2048)
     mm_one, mm_flops = matmul_measure(n, reps=2 if smoke else 3)
@@ -88,6 +127,11 @@ def run(smoke: bool = False, reference: bool = False, n: int | None = None) -> t
                            label="small ResNet, 32x32, batch 32" if not smoke else "smoke model", row_id="P6", goal=GOAL)
     rows.append(row)
     meta["small"] = m
+    if not smoke:
+        brows, bmeta = breakdown_rows(common.small_resnet(num_classes=10), 32, steps=10, rounds=3, mm_one=mm_one,
+                                      mm_flops=mm_flops)
+        rows.extend(brows)
+        meta["small_breakdown"] = bmeta
     if reference and not smoke:
         row, m = measure_model(common.reference_resnet("auto"), 64, steps=3, rounds=3, mm_one=mm_one, mm_flops=mm_flops,
                                label="reference ResNet-18, 64x64, batch 32", row_id="P6", goal=None)

@@ -48,8 +48,8 @@ def run(smoke: bool = False, steps: int | None = None, rounds: int | None = None
     from ballot_jax import train
 
     hw = 8 if smoke else 32
-    steps = steps or (2 if smoke else 20)
-    rounds = rounds or (2 if smoke else 9)
+    steps = steps or (2 if smoke else 4)
+    rounds = rounds or (2 if smoke else 31)
     model = common.small_resnet(num_classes=10, smoke=smoke)
     masked, dense, batch, tx = make_states(model, hw)
     step_masked = train.make_train_step(model.apply, tx)
@@ -76,8 +76,8 @@ def run(smoke: bool = False, steps: int | None = None, rounds: int | None = None
 
 def main(argv=None):
     def extra(p):
-        p.add_argument("--steps", type=int, default=None, help="steps per measurement (default 20)")
-        p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 9)")
+        p.add_argument("--steps", type=int, default=None, help="steps per measurement (default 4)")
+        p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 31)")
 
     return common.standard_main(NAME, __doc__.splitlines()[0], run, argv, extra)
 

@@ -5,7 +5,7 @@
     python benchmarks/profile_ops.py --vote-step                    # the voting train step
 
 Traces ``steps`` train steps, reads the trace back with ``jax.profiler.ProfileData`` and sums the
-XLA:CPU thunk events (one per executed HLO operation or fusion, on the PjRt client threads) by
+XLA:CPU thunk events (one per executed HLO operation or fusion, on the XLA threads) by
 name and by kind (the name without its ``.N`` suffix). Not a pass/fail benchmark: it is the tool
 used to explain the numbers in benchmarks/README.md.
 """
@@ -28,7 +28,7 @@ from benchmarks import common  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-_SKIP = ("ThreadpoolListener", "end: ")
+_SKIP = ("ThreadpoolListener", "end: ", "ThunkExecutor", "PjitFunction", "$")
 
 
 def op_times(fn, steps: int) -> tuple[dict[str, float], float]:
@@ -48,7 +48,7 @@ def op_times(fn, steps: int) -> tuple[dict[str, float], float]:
             if plane.name != "/host:CPU":
                 continue
             for line in plane.lines:
-                if "PjRtCpuClient" not in line.name:
+                if line.name == "python":
                     continue
                 for ev in line.events:
                     if not ev.name.startswith(_SKIP):
@@ -80,6 +80,7 @@ def main(argv=None) -> None:
     p.add_argument("--impl", default="auto", choices=("auto", "xla", "patches"))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--vote-step", action="store_true", help="profile the voting train step instead")
+    p.add_argument("--dense", action="store_true", help="a mask of None leaves (no mask ops) instead of 95% sparse")
     p.add_argument("--hlo", default=None, help="write the optimized HLO text of the step here")
     args = p.parse_args(argv)
     from benchmarks.masked_step import make_states
@@ -89,7 +90,8 @@ def main(argv=None) -> None:
         model, hw = common.small_resnet(num_classes=10, conv_impl=args.impl), 32
     else:
         model, hw = common.reference_resnet(args.impl, num_classes=10), 64
-    state, _, batch, tx = make_states(model, hw)
+    masked, dense, batch, tx = make_states(model, hw)
+    state = dense if args.dense else masked
     lr = np.float32(0.01)
     if args.vote_step:
         step = conflicts.make_voting_train_step(model.apply, tx)
@@ -108,7 +110,8 @@ def main(argv=None) -> None:
         common.block(box["s"])
 
     totals, wall = op_times(one, args.steps)
-    print(f"{args.model} model, conv_impl={args.impl}, {'voting ' if args.vote_step else ''}train step; "
+    print(f"{args.model} model, conv_impl={args.impl}, {'dense ' if args.dense else ''}"
+          f"{'voting ' if args.vote_step else ''}train step; "
           f"{wall / args.steps * 1e3:.1f} ms/step wall under the profiler; {common.load_str()}")
     print(summarize(totals, args.steps))
 

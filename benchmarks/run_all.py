@@ -23,7 +23,7 @@ from benchmarks import common  # noqa: E402
 from benchmarks.common import Row  # noqa: E402
 
 # Order of the table: cheap ratios first, the reference pipeline last.
-BENCHMARKS = ("vote_cost", "masked_step", "compilations", "input_pipeline", "flops", "throughput",
+BENCHMARKS = ("vote_cost", "vote_step", "masked_step", "compilations", "input_pipeline", "flops", "throughput",
               "pipeline_reference", "quickstart")
 
 
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--only", default="", help="comma-separated benchmark names")
     p.add_argument("--skip", default="", help="comma-separated benchmark names")
+    p.add_argument("--collect", action="store_true", help="run nothing: tabulate the result files already in --out")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                    help="before each benchmark wait up to this long for the 1-min load average to drop below 2.5")
     args = p.parse_args(argv)
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     names = [n for n in (args.only.split(",") if args.only else BENCHMARKS) if n and n not in args.skip.split(",")]
     failures = []
     t0 = time.time()
-    for name in names:
+    for name in ([] if args.collect else names):
         cmd = [sys.executable, str(Path(__file__).with_name(f"{name}.py")), f"--out={out_dir}"]
         if args.smoke:
             cmd.append("--smoke")
