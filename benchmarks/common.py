@@ -162,7 +162,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def standard_main(name: str, description: str, run: Callable[..., tuple[list[Row], dict]],
-                  argv: Sequence[str] | None = None, extra_args: Callable[[argparse.ArgumentParser], None] | None = None):
+                  argv: Sequence[str] | None = None,
+                  extra_args: Callable[[argparse.ArgumentParser], None] | None = None):
     """Parses the common flags, runs ``run(smoke=..., **extra)``, prints and writes the table."""
     p = parser(description)
     if extra_args is not None:
@@ -347,7 +348,8 @@ def synthetic_task(*, n_train: int, n_val: int, n_test: int, hw: int = 32, num_c
         splits[name] = ArraySplit(x, y, g, on_device=on_device, name=name)
     return TaskData(train=splits["train"], val=splits["val"], test=splits["test"], num_classes=num_classes,
                     num_groups=num_groups, class_names=[str(c) for c in range(num_classes)],
-                    group_names=[f"g{g}" for g in range(num_groups)], image_shape=(hw, hw, 3), info={"dataset": "synthetic"})
+                    group_names=[f"g{g}" for g in range(num_groups)], image_shape=(hw, hw, 3),
+                    info={"dataset": "synthetic"})
 
 
 def config(**overrides: Any):

@@ -101,7 +101,8 @@ def run(smoke: bool = False) -> tuple[list[Row], dict]:
     lth_new = [n for n, _ in per_method["lth"]]
     lth_new_lib = [n for n in lth_new if n in _LIBRARY_FUNCTIONS]
     rows = [
-        Row("P3", "train step compilations, dense + Ballot + LTH stages (one shape)", cache, "compiles", "1", cache == 1,
+        Row("P3", "train step compilations, dense + Ballot + LTH stages (one shape)", cache, "compiles", "1",
+            cache == 1,
             f"ballot stages {stages['ballot']}, lth {len(stages['lth'])} stages"),
         Row("P3", "  the same with fresh states and counts committed to the device (candidate fix)", after["cache"],
             "compiles", "1", after["cache"] == 1,

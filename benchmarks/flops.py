@@ -124,7 +124,8 @@ def run(smoke: bool = False, reference: bool = False, n: int | None = None) -> t
     rows, meta = [], {"matmul_n": n}
     row, m = measure_model(common.small_resnet(num_classes=10, smoke=smoke), 8 if smoke else 32,
                            steps=2 if smoke else 10, rounds=2 if smoke else 5, mm_one=mm_one, mm_flops=mm_flops,
-                           label="small ResNet, 32x32, batch 32" if not smoke else "smoke model", row_id="P6", goal=GOAL)
+                           label="small ResNet, 32x32, batch 32" if not smoke else "smoke model", row_id="P6",
+                           goal=GOAL)
     rows.append(row)
     meta["small"] = m
     if not smoke:

@@ -92,8 +92,8 @@ def reference_arrays(archive: Path, n_train_pool: int, n_test: int, size: int) -
     t0 = time.perf_counter()
     names = valid_utkface_names(archive)
     splits = dict(zip(("train", "val", "test"), reference_split_names(names, n_train_pool, n_test)))
-    key = hashlib.sha1(("|".join(splits["train"] + splits["val"] + splits["test"]) + f"|{size}|{archive.stat().st_size}")
-                       .encode()).hexdigest()[:12]
+    text = "|".join(splits["train"] + splits["val"] + splits["test"]) + f"|{size}|{archive.stat().st_size}"
+    key = hashlib.sha1(text.encode()).hexdigest()[:12]
     cache = common.CACHE_DIR / f"utk_reference_{size}_{key}"
     info = {"cache": str(cache), "counts": {k: len(v) for k, v in splits.items()}}
     if not all((cache / f"{k}.npy").exists() for k in splits):
@@ -222,10 +222,10 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
                     class_names=list(RACE_NAMES), group_names=list(RACE_NAMES), image_shape=(size, size, 3),
                     info={"dataset": "utk_face reference", **data_info})
     epochs = 1 if smoke else 2
-    cfg = common.config(dataset="utk_face", model="cnn_small" if smoke else "resnet18", width=0.5 if smoke else 1.0, stem="imagenet",
-                        conv_impl=conv_impl, learning_rate=0.1, momentum=0.9, weight_decay=2e-4, batch_size=32,
-                        eval_batch_size=256, epochs=epochs, dense_epochs=epochs, vote_epochs=epochs, sparsity=0.95,
-                        augment=False, vote_source=vote_source, vote_data="val", diag_batches=0, seeds=1)
+    cfg = common.config(dataset="utk_face", model="cnn_small" if smoke else "resnet18", width=0.5 if smoke else 1.0,
+                        stem="imagenet", conv_impl=conv_impl, learning_rate=0.1, momentum=0.9, weight_decay=2e-4,
+                        batch_size=32, eval_batch_size=256, epochs=epochs, dense_epochs=epochs, vote_epochs=epochs,
+                        sparsity=0.95, augment=False, vote_source=vote_source, vote_data="val", diag_batches=0, seeds=1)
     model = experiment.build_model(cfg, task)
 
     records: list[dict] = []
@@ -252,6 +252,8 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
         finally:
             restore()
         compile_total = clog.seconds
+        backend = sorted(clog.backend, key=lambda x: -x[1])
+        step_cache = ctx.train_step._cache_size()
 
     epochs_rec = [r for r in records if r["phase"] == "epoch"]
     hooks = [r for r in records if r["phase"] != "epoch"]
@@ -290,12 +292,14 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
                     "prototype 130-137 img/s", None, f"{n_train} training images, {steps} steps/epoch"))
     rows.append(Row("P4", "  whole run incl. evaluation hooks and checkpoints", total, "s", "info", None,
                     f"hooks {hooks_s:.1f} s, checkpoints/other {total - epoch_sum - hooks_s:.1f} s; all compilation "
-                    f"{compile_total:.1f} s; test accuracy {test['accuracy']:.3f}"))
+                    f"{compile_total:.1f} s ({len(backend)} XLA compiles, train step compiled {step_cache}x, longest "
+                    + ", ".join(f"{n} {d:.0f} s" for n, d in backend[:4]) + f"); test accuracy {test['accuracy']:.3f}"))
     meta = {"records": records, "per_stage_epoch_seconds": per_stage, "epoch_sum": epoch_sum, "total": total,
             "compile_total": compile_total, "shares": {"compile": comp_s, "input": input_s, "training": train_s,
                                                         "voting": vote_s, "hooks": hooks_s},
             "data": data_info, "real_archive": real, "test_accuracy": test["accuracy"], "checkpoint": checkpoint,
-            "vote_source": vote_source, "conv_impl": conv_impl, "n_train": n_train}
+            "vote_source": vote_source, "conv_impl": conv_impl, "n_train": n_train,
+            "backend_compiles": backend, "train_step_cache_size": step_cache}
     return rows, meta
 
 

@@ -101,7 +101,8 @@ def main(argv=None) -> None:
         step = train.make_train_step(model.apply, tx)
         call = lambda s: step(s, batch, lr)  # noqa: E731
     if args.hlo:
-        Path(args.hlo).write_text(step.lower(*( (state, batch, lr, w) if args.vote_step else (state, batch, lr))).compile().as_text())
+        step_args = (state, batch, lr, w) if args.vote_step else (state, batch, lr)
+        Path(args.hlo).write_text(step.lower(*step_args).compile().as_text())
     box = {"s": call(state)[0]}
     common.block(box["s"])
 

@@ -13,9 +13,10 @@ plain epoch is ``loop.train_epoch`` with the context's train step over the same 
 epochs of every G run in the same rounds (a plain epoch, every voting epoch, a plain epoch; the
 voting order reversed every other round, one warm-up round first) and each ratio is the median
 over rounds of the voting epoch over the mean of its round's two plain epochs, so that load
-changes on a shared machine affect every G alike. Model: ResNet-18 width 0.25, CIFAR stem, 32x32, batch 32, synthetic data held on
-the device; the validation split is 1/9 of the training split (as 400 / 3,600 in the reference
-setting).
+changes on a shared machine affect every G alike. Model: ResNet-18 width 0.25, CIFAR stem,
+32x32, batch 32, synthetic data held on the device; the validation split (200 examples, so that
+each of up to 200 round-robin groups occurs) is 1/9 of the training split (1,800), as 400 / 3,600
+in the reference setting.
 
 Memory: peak = arguments + outputs − aliased + temporaries of the compiled executable, for the
 vote round (``pass``: the gradient pass; ``train_steps``: the voting train step) against the
@@ -192,8 +193,9 @@ def run(smoke: bool = False, groups: str | None = None, rounds: int | None = Non
         times["plain"].append((p0 + p1) / 2)
         for (G, source), t in vt.items():
             times[f"{G}/{source}"].append(t)
-        print(f"vote_cost round {r}: plain {p0:.1f}/{p1:.1f} s, " + ", ".join(f"{G}/{s} {t:.1f} s" for (G, s), t in vt.items())
-              + f" ({common.load_str()})", file=sys.stderr, flush=True)
+        done = ", ".join(f"{G}/{s} {t:.1f} s" for (G, s), t in vt.items())
+        print(f"vote_cost round {r}: plain {p0:.1f}/{p1:.1f} s, {done} ({common.load_str()})", file=sys.stderr,
+              flush=True)
     for G in G_list:
         for source in ("pass", "train_steps"):
             t = times[f"{G}/{source}"]
