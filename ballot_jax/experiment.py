@@ -30,6 +30,7 @@ from ballot_jax.methods import common
 log = logging.getLogger(__name__)
 
 RESULTS = "results.json"
+TIMINGS = "timings.json"
 
 
 def build_model(config: Any, task: Any):
@@ -159,7 +160,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
 
     Returns the results dict: ``{"config", "task", "dense": [per seed], "runs": [per method and
     seed], "timings"}``; each run has method, seed, sparsity (reached), accuracy, cwv, mcd,
-    per_group_accuracy, the full test metrics, the mask summary and the stage log.
+    per_group_accuracy, the full test metrics, the mask summary, the stage log and its wall
+    time ``seconds``. The file is rewritten after every finished run; wall times go to
+    ``timings.json`` instead (:func:`split_timings`), so that ``results.json`` is the same, byte
+    for byte, whenever the config and seeds are (on CPU; tested).
     """
     from ballot_jax import data  # heavy import kept out of module import time
 
@@ -179,7 +183,6 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
         "dense": [],
         "runs": [],
     }
-    out_path = os.path.join(workdir, RESULTS)
     start_run = getattr(progress, "start_run", None)  # StageProgress labels its bars per run
     n_runs = int(config.seeds) * len(names)
     for i in range(int(config.seeds)):
@@ -200,11 +203,51 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
                 run["dense_accuracy"] = results["dense"][-1]["test"]["accuracy"]
             run["config"] = results["config"]
             results["runs"].append(run)
-            _write_json(out_path, results)
+            _write_results(workdir, results)
     results["timings"] = {"total_seconds": time.perf_counter() - t_start,
                           "train_step_compilations": base_ctx.train_step._cache_size()}
-    _write_json(out_path, results)
+    _write_results(workdir, results)
     return results
+
+
+def split_timings(results: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(deterministic, timings)``: the results without wall times, and the wall times alone.
+
+    ``deterministic`` is what ``results.json`` holds (byte-identical for the same config and
+    seed on CPU); ``timings`` (``timings.json``) holds this process's ``total_seconds`` and
+    compile count and each run's ``seconds`` keyed ``"<method>/<seed>"`` (``"dense/<seed>"``).
+    """
+    timings: dict[str, Any] = dict(results.get("timings") or {})
+    per_run: dict[str, float | None] = {}
+    out = {k: v for k, v in results.items() if k != "timings"}
+    for key in ("dense", "runs"):
+        entries = []
+        for r in results.get(key) or []:
+            per_run[f"{r.get('method', 'dense')}/{r['seed']}"] = r.get("seconds")
+            entries.append({k: v for k, v in r.items() if k != "seconds"})
+        out[key] = entries
+    timings["seconds"] = per_run
+    return out, timings
+
+
+def load_results(workdir: str) -> dict[str, Any]:
+    """``results.json`` of ``workdir`` with the wall times of ``timings.json`` merged back in."""
+    results = _load_json(os.path.join(workdir, RESULTS))
+    path = os.path.join(workdir, TIMINGS)
+    if os.path.exists(path):
+        timings = _load_json(path)
+        per_run = timings.pop("seconds", {})
+        for key in ("dense", "runs"):
+            for r in results.get(key) or []:
+                r["seconds"] = per_run.get(f"{r.get('method', 'dense')}/{r['seed']}")
+        results["timings"] = timings
+    return results
+
+
+def _write_results(workdir: str, results: Mapping[str, Any]) -> None:
+    deterministic, timings = split_timings(results)
+    _write_json(os.path.join(workdir, TIMINGS), timings)
+    _write_json(os.path.join(workdir, RESULTS), deterministic)
 
 
 def _jsonable(x: Any) -> Any:
@@ -374,12 +417,12 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str, *, progress:
     """Compare mode: every method × seed at ``config.sparsity``, then the reports.
 
     Returns ``(results, paths)``: the results dict of :func:`run_experiment` and the files
-    written (results.json / .csv / .md, plots, config.json).
+    written (results.json / .csv / .md, timings.json, plots, config.json).
     """
     save_config(config, workdir)
     results = run_experiment(config, workdir, progress=progress)
     from ballot_jax import report  # after the runs: a long run picks up the newest report code
-    paths = [os.path.join(workdir, CONFIG_JSON), os.path.join(workdir, RESULTS)]
+    paths = [os.path.join(workdir, n) for n in (CONFIG_JSON, RESULTS, TIMINGS)]
     if parallel.is_main_process():  # multi-host: one writer
         paths += report.write_reports(results, workdir, plots=bool(config.get("plots", True)))
     return results, paths

@@ -1,4 +1,10 @@
-"""Tests of ballot_jax.loop: determinism, resume after SIGKILL, no recomputation of finished work."""
+"""Tests of ballot_jax.loop: determinism, resume after SIGKILL, no recomputation of finished work.
+
+These drive the stage machine alone (``tests/loop_job.py``: TinyNet on fake data) and compare
+weights and votes, not only results. They are ``slow`` (about a minute per subprocess on 2 cores):
+the default suite covers the same guarantees one level up, on a whole comparison, in
+``tests/test_experiment_resume.py``.
+"""
 
 from __future__ import annotations
 
@@ -44,6 +50,7 @@ def reference(reference_run):
     return reference_run[1]
 
 
+@pytest.mark.slow
 def test_same_seed_same_votes_and_mask(reference, tmp_path):
     p = _run(tmp_path / "work", tmp_path / "out.npz")
     out, _ = p.communicate(timeout=600)
@@ -57,7 +64,7 @@ def test_same_seed_same_votes_and_mask(reference, tmp_path):
 
 @pytest.mark.parametrize("stage,epoch", [
     pytest.param("dense", 0, marks=pytest.mark.slow),
-    ("ticket", 1),
+    pytest.param("ticket", 1, marks=pytest.mark.slow),
     pytest.param("retrain", 0, marks=pytest.mark.slow),
 ])
 def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path, stage, epoch):
@@ -83,6 +90,7 @@ def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path, stage, e
     _assert_same(reference, _load(tmp_path / "out.npz"))
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_recomputed(tmp_path, reference_run, reference):
     workdir, _ = reference_run
     q = _run(workdir, tmp_path / "out2.npz", pause="any")  # any epoch would hang
