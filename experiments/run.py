@@ -6,7 +6,7 @@ r"""Runs a configured experiment: every method × seed (compare mode) or a sweep
 
 The work directory defaults to ``runs/<config name>[_<variants>][_<hash of overrides>]``, so
 rerunning the same command resumes where it stopped and skips finished runs. Outputs:
-``config.json`` (the resolved config), ``results.json`` / ``.csv`` / ``.md``, PNG plots,
+``config.json`` (the resolved config), ``results.json`` / ``.csv`` / ``.md``, ``timings.json``, PNG plots,
 ``run.log``; with a sweep, one such directory per sparsity plus ``sweep.md`` and its plots.
 All logic lives in :mod:`ballot_jax.experiment` and :mod:`ballot_jax.report`.
 """
