@@ -27,31 +27,6 @@ NAME = "compilations"
 _LIBRARY_FUNCTIONS = ("jit(step)", "jit(_device_batch_impl)", "jit(per_group_gradient_sums)")
 
 
-def committed_fresh_states():
-    """Patches ``loop.fresh_train_state`` and ``fairness.init_counts`` to commit the arrays they
-    create to the default device (the candidate fix measured here: a jitted step first called
-    with an uncommitted array and then with its own committed output compiles twice); returns
-    the function that undoes the patch."""
-    import jax
-    from ballot_jax import fairness, loop
-
-    fresh_state, init_counts = loop.fresh_train_state, fairness.init_counts
-
-    def fresh(ctx, params, batch_stats, mask):
-        ts = fresh_state(ctx, params, batch_stats, mask)
-        return ts if ctx.sharding is not None else jax.device_put(ts, jax.devices()[0])
-
-    def counts(*args, **kwargs):
-        return jax.device_put(init_counts(*args, **kwargs), jax.devices()[0])
-
-    loop.fresh_train_state, fairness.init_counts = fresh, counts
-
-    def undo():
-        loop.fresh_train_state, fairness.init_counts = fresh_state, init_counts
-
-    return undo
-
-
 def run_methods(smoke: bool) -> dict:
     """Dense + Ballot + LTH on one fresh Context; compile records and the train step cache size."""
     from ballot_jax import experiment, loop, methods
@@ -87,11 +62,6 @@ def run_methods(smoke: bool) -> dict:
 
 def run(smoke: bool = False) -> tuple[list[Row], dict]:
     before = run_methods(smoke)
-    undo = committed_fresh_states()
-    try:
-        after = run_methods(smoke)
-    finally:
-        undo()
     log, per_method, stages, seconds = before["log"], before["per_method"], before["stages"], before["seconds"]
     cache = before["cache"]
     # Eager ops are keyed by static parameters that the log does not show: check jitted functions only.
@@ -104,11 +74,6 @@ def run(smoke: bool = False) -> tuple[list[Row], dict]:
         Row("P3", "train step compilations, dense + Ballot + LTH stages (one shape)", cache, "compiles", "1",
             cache == 1,
             f"ballot stages {stages['ballot']}, lth {len(stages['lth'])} stages"),
-        Row("P3", "  the same with fresh states and counts committed to the device (candidate fix)", after["cache"],
-            "compiles", "1", after["cache"] == 1,
-            f"duplicates {len([d for d in after['log'].duplicates() if d[0] in _LIBRARY_FUNCTIONS])}; "
-            f"jit(step) backend compiles {after['step_compiles']} in {after['step_compile_seconds']:.1f} s vs "
-            f"{before['step_compiles']} in {before['step_compile_seconds']:.1f} s"),
         Row("P3", "same function compiled again for the same shapes", len(dups), "count", "0", len(dups) == 0,
             "; ".join(f"{n} x{c}" for n, _, c in dups[:5])),
         Row("P3", "jitted library functions compiled (all stages, both methods)", sum(lib.values()), "compiles",
@@ -121,9 +86,7 @@ def run(smoke: bool = False) -> tuple[list[Row], dict]:
     ]
     meta = {"by_name": log.by_name(), "duplicates": [(n, s, c) for n, s, c in dups], "stages": stages,
             "per_method": {k: [n for n, _ in v] for k, v in per_method.items()}, "compile_seconds": log.seconds,
-            "seconds": seconds, "train_step_cache_size": cache,
-            "after_fix": {"train_step_cache_size": after["cache"], "by_name": after["log"].by_name(),
-                          "compile_seconds": after["log"].seconds}}
+            "seconds": seconds, "train_step_cache_size": cache}
     return rows, meta
 
 
