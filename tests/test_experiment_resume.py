@@ -1,8 +1,9 @@
 """Crash–resume and determinism of a whole comparison (``experiment.run_comparison``).
 
 A tiny quickstart comparison (``tests/experiment_job.py``: dense, Ballot, magnitude, one seed) is
-SIGKILLed at four points in turn — inside dense training, inside the voting trajectory, in the
-middle of a checkpoint write, between two methods — each time rerun on the same work directory,
+SIGKILLed at several points in turn — inside dense training, inside the voting trajectory, in the
+middle of a checkpoint write (also inside voting), between two methods; the default suite skips
+the plain voting-epoch kill, ``slow`` adds it — each time rerun on the same work directory,
 and must end with the uninterrupted run's ``results.json`` byte for byte and the same masks,
 never retraining an epoch whose checkpoint had landed. Separately (``slow``), two fresh
 processes with the same seed write byte-identical ``results.json`` and another seed differs.
@@ -59,19 +60,21 @@ def reference(tmp_path_factory):
 
 
 # (pause point, whether the last epoch it printed was checkpointed before the kill)
-KILLS = [
-    ("epoch:dense:dense:0", False),  # inside dense training: epoch 0 done, its checkpoint not written
-    ("epoch:ballot:ticket:0", False),  # inside voting: the first vote cast, not yet checkpointed
-    ("ckpt:ballot:2", False),  # mid-write of the checkpoint after the second voting epoch
-    ("after:ballot", True),  # between methods: Ballot finished, magnitude not started
-]
+DENSE = ("epoch:dense:dense:0", False)  # inside dense training: epoch 0 done, its checkpoint not written
+VOTING = ("epoch:ballot:ticket:0", False)  # inside voting: the first vote cast, not yet checkpointed
+MID_WRITE = ("ckpt:ballot:2", False)  # inside voting, mid-write of the checkpoint after the 2nd voting epoch
+BETWEEN = ("after:ballot", True)  # between methods: Ballot finished, magnitude not started
 
 
-def test_killed_comparison_resumes_to_identical_results(reference, tmp_path) -> None:
+@pytest.mark.parametrize("kills", [
+    pytest.param([DENSE, MID_WRITE, BETWEEN], id="dense,mid-write,between"),
+    pytest.param([DENSE, VOTING, MID_WRITE, BETWEEN], id="dense,voting,mid-write,between", marks=pytest.mark.slow),
+])
+def test_killed_comparison_resumes_to_identical_results(reference, tmp_path, kills) -> None:
     ref_dir, ref_epochs = reference
     workdir = tmp_path / "work"
     landed: set[tuple[str, str, int]] = set()  # epochs whose checkpoint was written
-    for pause, last_landed in KILLS:
+    for pause, last_landed in kills:
         epochs, out, rc = _job(workdir, pause)
         assert rc == -signal.SIGKILL, f"{pause}: the job was not killed at its pause point\n{out}"
         assert not landed & set(epochs), f"{pause}: retrained checkpointed epochs {sorted(landed & set(epochs))}"
