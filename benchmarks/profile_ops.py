@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     p.add_argument("--impl", default="auto", choices=("auto", "xla", "patches"))
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--vote-step", action="store_true", help="profile the voting train step instead")
-    p.add_argument("--dense", action="store_true", help="a mask of None leaves (no mask ops) instead of 95% sparse")
+    p.add_argument("--dense", action="store_true", help="a mask of None leaves (no mask ops) instead of 95%% sparse")
     p.add_argument("--hlo", default=None, help="write the optimized HLO text of the step here")
     args = p.parse_args(argv)
     from benchmarks.masked_step import make_states
