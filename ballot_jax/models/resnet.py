@@ -22,6 +22,14 @@ STEMS = ("cifar", "imagenet")
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+def conv_and_norm(dtype: Any, conv_impl: str, train: bool, *, use_bias: bool = False) -> tuple[Callable, Callable]:
+    """The (conv, batch-norm) layer constructors every model here uses: He-normal fan-out kernels,
+    BatchNorm with momentum 0.9 and ε = 1e-5 (PyTorch's defaults), running averages unless ``train``."""
+    conv = functools.partial(Conv, use_bias=use_bias, dtype=dtype, kernel_init=conv_kernel_init, impl=conv_impl)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+    return conv, norm
+
+
 def scale_channels(channels: int, width: float) -> int:
     """``channels * width`` rounded to an int, at least 1."""
     return max(1, int(round(channels * width)))
@@ -110,20 +118,7 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Map images ``f32[B, H, W, C]`` to logits ``f32[B, num_classes]``."""
         check_stem(self.stem)
-        conv = functools.partial(
-            Conv,
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=conv_kernel_init,
-            impl=self.conv_impl,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        conv, norm = conv_and_norm(self.dtype, self.conv_impl, train, use_bias=False)
         base = scale_channels(64, self.width)
         x = jnp.asarray(x, self.dtype)
         if self.stem == "imagenet":

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ballot_jax.models.conv import Conv
-from ballot_jax.models.resnet import conv_kernel_init, scale_channels
+from ballot_jax.models.resnet import conv_and_norm, scale_channels
 
 
 class SmallCNN(nn.Module):
@@ -32,20 +30,7 @@ class SmallCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Map images ``f32[B, H, W, C]`` to logits ``f32[B, num_classes]``."""
-        conv = functools.partial(
-            Conv,
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=conv_kernel_init,
-            impl=self.conv_impl,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        conv, norm = conv_and_norm(self.dtype, self.conv_impl, train, use_bias=False)
         x = jnp.asarray(x, self.dtype)
         for i, (ch, stride) in enumerate(((8, 1), (16, 2), (16, 2))):
             name = "stem" if i == 0 else f"conv{i}"

@@ -12,15 +12,14 @@ uniformity and ignored.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ballot_jax.models.conv import Conv, max_pool_impl
-from ballot_jax.models.resnet import conv_kernel_init, scale_channels
+from ballot_jax.models.conv import max_pool_impl
+from ballot_jax.models.resnet import conv_and_norm, scale_channels
 
 # Channel counts; "M" marks a 2x2/2 max-pool.
 VGG16_CFG: tuple[int | str, ...] = (
@@ -52,20 +51,7 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         """Map images ``f32[B, H, W, C]`` to logits ``f32[B, num_classes]``."""
-        conv = functools.partial(
-            Conv,
-            use_bias=True,
-            dtype=self.dtype,
-            kernel_init=conv_kernel_init,
-            impl=self.conv_impl,
-        )
-        norm = functools.partial(
-            nn.BatchNorm,
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        conv, norm = conv_and_norm(self.dtype, self.conv_impl, train, use_bias=True)
         x = jnp.asarray(x, self.dtype)
         n_conv = 0
         for item in self.cfg:
