@@ -63,9 +63,9 @@ def _pull_back_both(vjp_fn: Callable, batch: Mapping[str, jax.Array], weights_g:
     """(a, f) = (Σ_i w_i ∇ℓ_i, Σ_i w_i·w_g(i) ∇ℓ_i): one forward's vjp, pulled back twice.
 
     Both cotangents share the forward residuals. They are pulled back one after the other, not
-    with ``jax.vmap``: on XLA:CPU the batched backward pass cost 1.85× a training step against
-    1.36× for two sequential ones (``benchmarks/vote_step.py``), with equal results up to float
-    rounding.
+    with ``jax.vmap``: on XLA:CPU the vmapped backward pass cost 1.63× a training step against
+    1.43× for two sequential ones, measured side by side (``benchmarks/vote_step.py``), with equal
+    results up to float rounding.
     """
     w = train.batch_weights(batch)
     (a,) = vjp_fn(w)

@@ -210,6 +210,10 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
     return results
 
 
+def _timing_key(run: Mapping[str, Any]) -> str:
+    return f"{run.get('method', 'dense')}/{run['seed']}"
+
+
 def split_timings(results: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(deterministic, timings)``: the results without wall times, and the wall times alone.
 
@@ -223,7 +227,7 @@ def split_timings(results: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     for key in ("dense", "runs"):
         entries = []
         for r in results.get(key) or []:
-            per_run[f"{r.get('method', 'dense')}/{r['seed']}"] = r.get("seconds")
+            per_run[_timing_key(r)] = r.get("seconds")
             entries.append({k: v for k, v in r.items() if k != "seconds"})
         out[key] = entries
     timings["seconds"] = per_run
@@ -239,7 +243,7 @@ def load_results(workdir: str) -> dict[str, Any]:
         per_run = timings.pop("seconds", {})
         for key in ("dense", "runs"):
             for r in results.get(key) or []:
-                r["seconds"] = per_run.get(f"{r.get('method', 'dense')}/{r['seed']}")
+                r["seconds"] = per_run.get(_timing_key(r))
         results["timings"] = timings
     return results
 
