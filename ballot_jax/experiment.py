@@ -111,8 +111,11 @@ def run_dense(ctx: loop.Context, variables: dict, workdir: str) -> tuple[loop.Ru
     result_path = os.path.join(directory, "result.json")
     if os.path.exists(result_path):
         return state, _load_json(result_path)
-    result = {"seed": ctx.seed, "test": loop.evaluate(ctx, state.train, "test"), "seconds": time.perf_counter() - t0,
-              "log": meta["log"]}
+    result = {"seed": ctx.seed, "test": loop.evaluate(ctx, state.train, "test"), "plateau": common.plateau(meta["log"]),
+              "seconds": time.perf_counter() - t0, "log": meta["log"]}
+    if not result["plateau"]["reached"]:
+        log.warning("seed %d: the dense model has not reached a plateau (%s): fairness comparisons of its tickets "
+                    "may be noise; train longer (dense_epochs)", ctx.seed, result["plateau"])
     _write_json(result_path, result)
     return state, result
 
@@ -120,7 +123,7 @@ def run_dense(ctx: loop.Context, variables: dict, workdir: str) -> tuple[loop.Ru
 def run_method(ctx: loop.Context, name: str, dense: loop.RunState | None, variables: dict, workdir: str) -> dict:
     """One method at ``ctx.seed``: its stages, then test metrics and a mask-integrity check."""
     method = methods.get(name)
-    directory = _run_dir(workdir, ctx.seed, name)
+    directory = _run_dir(workdir, ctx.seed, methods.directory_name(name))
     result_path = os.path.join(directory, "result.json")
     if os.path.exists(result_path):
         log.info("seed %d %s: finished earlier, skipping", ctx.seed, name)

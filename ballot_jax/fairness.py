@@ -137,6 +137,8 @@ def metrics_from_counts(
     - ``accuracy``: ``acc = sum_g correct_g / sum_g n_g`` (over all samples).
     - ``per_group_accuracy``: ``[acc_g]`` with ``acc_g = correct_g / n_g``.
     - ``per_group_count``: ``[n_g]`` (ints).
+    - ``min_class_recall``: the lowest recall over the classes present (0: a class is never
+      predicted correctly; the first thing to check before comparing fairness).
     - ``cwv``: ``(1/G) * sum_g (acc_g - acc)**2`` -- class-wise variance, centred
       on the *overall* accuracy ``acc`` (not on the mean of the ``acc_g``).
     - ``mcd``: ``max_g acc_g - min_g acc_g`` (maximum class difference).
@@ -221,6 +223,10 @@ def metrics_from_counts(
     worst = int(np.argmin(acc_g))
     best = int(np.argmax(acc_g))
     per_group_acc = [float(a) for a in acc_g]
+    n_c = c.sum(axis=(0, 2))
+    correct_c = np.einsum("gcc->c", c)
+    # Recall of each class present (NaN-free: absent classes are left out of the minimum).
+    min_class_recall = float(np.min(correct_c[n_c > 0] / n_c[n_c > 0])) if (n_c > 0).any() else 0.0
 
     out: dict[str, Any] = {
         "num_groups": int(num_groups),
@@ -230,6 +236,7 @@ def metrics_from_counts(
         "accuracy": acc,
         "per_group_accuracy": per_group_acc,
         "per_group_count": [int(n) for n in n_g],
+        "min_class_recall": min_class_recall,
         "cwv": float(np.mean((acc_g - acc) ** 2)),
         "mcd": float(acc_g[best] - acc_g[worst]),
         "worst_group_accuracy": float(acc_g[worst]),

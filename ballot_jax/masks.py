@@ -355,6 +355,16 @@ def masks_equal(a: Mask, b: Mask) -> bool:
     return na.keys() == nb.keys() and all(np.array_equal(na[k], nb[k]) for k in na)
 
 
+def overlap(a: Mask, b: Mask) -> dict[str, float]:
+    """How much of mask ``b`` mask ``a`` keeps: ``shared`` kept weights, ``share_of_b`` =
+    shared / kept(b) (with equal quotas, the share of the ticket kept), ``jaccard`` = shared / union."""
+    la, lb = prunable_leaves(a, a), prunable_leaves(b, b)
+    shared = sum(int(np.sum(np.asarray(x) & np.asarray(y))) for x, y in zip(la, lb))
+    union = sum(int(np.sum(np.asarray(x) | np.asarray(y))) for x, y in zip(la, lb))
+    kept_b = sum(int(np.sum(np.asarray(y))) for y in lb)
+    return {"shared": float(shared), "share_of_b": shared / max(kept_b, 1), "jaccard": shared / max(union, 1)}
+
+
 def summary(mask: Mask) -> Mapping[str, Any]:
     """JSON-friendly per-layer densities and the overall sparsity of a mask."""
     c = count(mask)

@@ -6,6 +6,8 @@
 * ``results.csv`` — one row per method: mean and 95% confidence half-width over seeds of test
   accuracy, CWV, MCD, worst-group accuracy, DP and EO differences, reached sparsity, and Ballot's
   improvement over that method; ``runs.csv`` — one row per (method, seed) with per-group accuracy;
+* ``paired.csv`` — every Ballot variant against every baseline, per metric: the per-seed paired
+  differences, their mean, 95% t-interval, the seeds where Ballot is better and the verdict;
 * ``results.md`` — the paper-style table (accuracy, CWV, MCD as mean ± 95% CI, sparsity),
   Ballot's relative fairness improvement over each baseline, per-group accuracy;
 * PNG plots — per-group accuracy per method, accuracy against CWV / MCD, training curves.
@@ -132,7 +134,7 @@ def improvements(rows: Sequence[Mapping[str, Any]], ours: str = OURS) -> dict[st
     o = {k: by[ours][f"{k}_mean"] for k in ("cwv", "mcd")}
     out = {}
     for name, row in by.items():
-        if name in (ours, "dense"):
+        if name == "dense" or is_ours(name):
             continue
         b = {k: row[f"{k}_mean"] for k in ("cwv", "mcd")}
         entry: dict[str, float | None] = {}
@@ -141,6 +143,64 @@ def improvements(rows: Sequence[Mapping[str, Any]], ours: str = OURS) -> dict[st
         entry["paper"] = fairness.paper_improvement(b, o) if b["cwv"] > 0 and b["mcd"] > 0 else None
         out[name] = entry
     return out
+
+
+# A metric's better direction: accuracy up, unfairness down.
+HIGHER_IS_BETTER = {"accuracy": True, "cwv": False, "mcd": False, "worst_group_accuracy": True}
+SPARSITY_MATCH = 0.005  # reached sparsities further apart than this are not a matched comparison
+
+
+def is_ours(name: str, ours: str = OURS) -> bool:
+    """True for Ballot and its variants (``ballot``, ``ballot:taylor:dense``, …)."""
+    return name == ours or name.startswith(ours + ":")
+
+
+def paired_difference(results: Mapping[str, Any], ours: str, baseline: str, metric: str,
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """Per-seed paired difference ``ours − baseline`` of a test metric, over the seeds both ran.
+
+    Every seed's methods share one dense model, so the seed is the pairing unit. Returns
+    ``{"metric", "ours", "baseline", "n", "seeds", "differences", "mean", "ci", "low", "high",
+    "better_count", "verdict", "matched"}``: the t-interval of the mean difference (n − 1 dof),
+    how many seeds favour ``ours`` (accuracy higher, CWV/MCD lower), and the verdict from the
+    interval alone — "better" / "worse" when it excludes 0, else "not distinguishable" ("n/a"
+    below two seeds). ``matched`` is False when the two reached sparsities differ by more than
+    :data:`SPARSITY_MATCH` (e.g. the prototype's classifier-only vote): such a pair is not a
+    comparison at equal sparsity.
+    """
+    by = {}
+    for r in results.get("runs", []):
+        if r["method"] in (ours, baseline):
+            by.setdefault(int(r["seed"]), {})[r["method"]] = r
+    seeds = sorted(s for s, d in by.items() if ours in d and baseline in d)
+    diffs = [_metric(by[s][ours], metric) - _metric(by[s][baseline], metric) for s in seeds]
+    higher = HIGHER_IS_BETTER.get(metric, False)
+    better = sum(1 for d in diffs if (d > 0 if higher else d < 0))
+    out: dict[str, Any] = {"metric": metric, "ours": ours, "baseline": baseline, "n": len(seeds), "seeds": seeds,
+                           "differences": diffs, "better_count": better}
+    if not diffs:
+        out.update(mean=float("nan"), ci=float("nan"), low=float("nan"), high=float("nan"), verdict="n/a", matched=None)
+        return out
+    mean, ci = mean_ci(diffs, confidence)
+    out.update(mean=mean, ci=ci, low=mean - ci, high=mean + ci)
+    if not np.isfinite(ci):
+        out["verdict"] = "n/a (one seed)"
+    elif out["low"] > 0 or out["high"] < 0:
+        out["verdict"] = "better" if (out["low"] > 0) == higher else "worse"
+    else:
+        out["verdict"] = "not distinguishable"
+    gap = [abs(float(by[s][ours].get("sparsity", 0)) - float(by[s][baseline].get("sparsity", 0))) for s in seeds]
+    out["matched"] = bool(max(gap) <= SPARSITY_MATCH)
+    return out
+
+
+def paired_comparisons(results: Mapping[str, Any], metrics: Sequence[str] = METRICS,
+                       confidence: float = 0.95) -> list[dict[str, Any]]:
+    """:func:`paired_difference` of every Ballot variant against every baseline, per metric."""
+    names = method_order(results)
+    ours = [n for n in names if is_ours(n)]
+    baselines = [n for n in names if not is_ours(n)]
+    return [paired_difference(results, o, b, m, confidence) for o in ours for b in baselines for m in metrics]
 
 
 def within_budget(accuracy: float, dense_accuracy: float, budget: float) -> bool:
@@ -189,7 +249,7 @@ def _pct(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:+.{digits}f}%"
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -209,14 +269,48 @@ def comparison_table(rows: Sequence[Mapping[str, Any]]) -> str:
             fmt_ci(r["mcd_mean"], r["mcd_ci"]),
             r["n"],
         ])
-    return _md_table(["method", "sparsity", "accuracy (%)", "acc. drop vs dense (pp)", "CWV (×10⁻³)", "MCD (%)", "seeds"],
+    return md_table(["method", "sparsity", "accuracy (%)", "acc. drop vs dense (pp)", "CWV (×10⁻³)", "MCD (%)", "seeds"],
                      body)
 
 
 def improvement_table(imp: Mapping[str, Mapping[str, float | None]]) -> str:
     """Ballot's fairness improvement over each baseline (CWV, MCD, their mean = the paper's figure)."""
     body = [[name, _pct(v["cwv"]), _pct(v["mcd"]), _pct(v["paper"])] for name, v in imp.items()]
-    return _md_table(["Ballot vs", "CWV improvement", "MCD improvement", "mean (paper's figure)"], body)
+    return md_table(["Ballot vs", "CWV improvement", "MCD improvement", "mean (paper's figure)"], body)
+
+
+def _signed(x: float, scale: float, digits: int) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x * scale:+.{digits}f}"
+
+
+def paired_table(pairs: Sequence[Mapping[str, Any]]) -> str:
+    """Ballot − baseline per seed, paired: mean [95% interval], seeds where Ballot is better, verdict.
+
+    Accuracy and MCD in percentage points, CWV ×10⁻³; one row per (Ballot variant, baseline).
+    """
+    rows: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
+    for p in pairs:
+        rows.setdefault((p["ours"], p["baseline"]), {})[p["metric"]] = p
+    body = []
+    for (ours, base), by in rows.items():
+        cells = [ours, base]
+        for metric in METRICS:
+            p = by.get(metric)
+            if p is None:
+                cells.append("—")
+                continue
+            scale, digits = (CWV_SCALE, 3) if metric == "cwv" else (100.0, 2)
+            cells.append(f"{_signed(p['mean'], scale, digits)} [{_signed(p['low'], scale, digits)}, "
+                         f"{_signed(p['high'], scale, digits)}] {p['better_count']}/{p['n']} **{p['verdict']}**")
+        matched = all(p.get("matched") is not False for p in by.values())
+        cells.append("yes" if matched else "**no** (sparsities differ)")
+        body.append(cells)
+    return md_table(["Ballot", "vs", "Δ accuracy (pp)", "Δ CWV (×10⁻³)", "Δ MCD (pp)", "same sparsity"], body)
+
+
+PAIRED_NOTE = ("Paired by seed (each seed's methods share one dense model): Ballot − baseline on the test split, "
+               "mean [95% t-interval], seeds where Ballot is better / seeds, and the verdict from the interval "
+               "(\"better\" / \"worse\" only when it excludes 0). Accuracy better = higher; CWV, MCD better = lower.")
 
 
 def group_metrics_table(rows: Sequence[Mapping[str, Any]], sensitive: bool = True) -> str:
@@ -235,7 +329,7 @@ def group_metrics_table(rows: Sequence[Mapping[str, Any]], sensitive: bool = Tru
                     fmt_ci(r["equalized_odds_difference_mean"], r["equalized_odds_difference_ci"])]
         row.append(f"{r['seconds_mean']:.0f}" if np.isfinite(r["seconds_mean"]) else "n/a")
         body.append(row)
-    return _md_table(header + ["seconds / run"], body)
+    return md_table(header + ["seconds / run"], body)
 
 
 def per_group_table(rows: Sequence[Mapping[str, Any]], group_names: Sequence[str], max_groups: int = 20) -> str:
@@ -243,10 +337,10 @@ def per_group_table(rows: Sequence[Mapping[str, Any]], group_names: Sequence[str
     if len(group_names) > max_groups:
         return f"({len(group_names)} groups: see per_group_accuracy.png and runs.csv)\n"
     body = [[r["method"]] + [f"{100 * a:.1f}" for a in (r["per_group_accuracy_mean"] or [])] for r in rows]
-    return _md_table(["method"] + [str(g) for g in group_names], body)
+    return md_table(["method"] + [str(g) for g in group_names], body)
 
 
-def _setup_line(results: Mapping[str, Any]) -> str:
+def setup_line(results: Mapping[str, Any]) -> str:
     c = results.get("config", {})
     info = (results.get("task") or {}).get("info", {})
     parts = [f"dataset **{c.get('dataset')}**", f"label {info.get('label', c.get('label'))}",
@@ -261,7 +355,10 @@ def _setup_line(results: Mapping[str, Any]) -> str:
 def summary_markdown(results: Mapping[str, Any]) -> str:
     """The one-screen summary: setup line, comparison table and Ballot's improvement."""
     rows = method_summary(results)
-    out = [_setup_line(results), "", comparison_table(rows)]
+    out = [setup_line(results), "", comparison_table(rows)]
+    pairs = paired_comparisons(results)
+    if pairs:
+        out += [PAIRED_NOTE, "", paired_table(pairs)]
     imp = improvements(rows)
     if imp:
         out += ["Ballot's fairness improvement, (m_base − m_ballot) / m_base on the seed means "
@@ -274,10 +371,13 @@ def results_markdown(results: Mapping[str, Any], plots: Sequence[str] = ()) -> s
     rows = method_summary(results)
     c = results.get("config", {})
     title = c.get("name", "experiment") + (f":{c['variant']}" if c.get("variant") else "")
-    out = [f"# Results: {title}", "", _setup_line(results), "",
+    out = [f"# Results: {title}", "", setup_line(results), "",
            "Test-set metrics, mean ± 95% confidence half-width over seeds (Student t, n − 1 dof). "
            "CWV = (1/G) Σ_g (acc_g − acc)², MCD = max_g acc_g − min_g acc_g; lower is fairer.", "",
            comparison_table(rows)]
+    pairs = paired_comparisons(results)
+    if pairs:
+        out += ["## Paired differences: Ballot − baseline", "", PAIRED_NOTE, "", paired_table(pairs)]
     imp = improvements(rows)
     if imp:
         out += ["## Ballot's fairness improvement", "",
@@ -325,11 +425,22 @@ def summary_rows_for_csv(results: Mapping[str, Any]) -> tuple[list[dict[str, Any
         cols += [f"{k}_mean", f"{k}_ci"]
     cols += ["accuracy_drop_mean", "seconds_mean", "ballot_improvement_cwv", "ballot_improvement_mcd",
              "ballot_improvement_mean"]
+    for m in METRICS:
+        cols += [f"paired_{m}_{k}" for k in ("mean", "low", "high", "better", "verdict")]
     for r in rows:
         v = imp.get(r["method"], {})
         r["ballot_improvement_cwv"], r["ballot_improvement_mcd"], r["ballot_improvement_mean"] = (
             v.get("cwv"), v.get("mcd"), v.get("paper"))
+        if r["method"] != "dense" and not is_ours(r["method"]) and any(x["method"] == OURS for x in rows):
+            for m in METRICS:  # Ballot − this baseline, paired by seed
+                p = paired_difference(results, OURS, r["method"], m)
+                r.update({f"paired_{m}_mean": p["mean"], f"paired_{m}_low": p["low"], f"paired_{m}_high": p["high"],
+                          f"paired_{m}_better": f"{p['better_count']}/{p['n']}", f"paired_{m}_verdict": p["verdict"]})
     return rows, cols
+
+
+PAIRED_COLUMNS = ["ours", "baseline", "metric", "n", "mean", "ci", "low", "high", "better_count", "verdict", "matched",
+                  "seeds", "differences"]
 
 
 def runs_rows_for_csv(results: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -492,6 +603,9 @@ def write_reports(results: Mapping[str, Any], workdir: str, *, plots: bool = Tru
     paths.append(write_csv(os.path.join(workdir, "results.csv"), rows, cols))
     run_rows, run_cols = runs_rows_for_csv(results)
     paths.append(write_csv(os.path.join(workdir, "runs.csv"), run_rows, run_cols))
+    pairs = paired_comparisons(results)
+    if pairs:
+        paths.append(write_csv(os.path.join(workdir, "paired.csv"), pairs, PAIRED_COLUMNS))
     pngs: list[str] = []
     if plots and results.get("runs"):
         summary = method_summary(results)
@@ -526,7 +640,7 @@ def sweep_markdown(summary: Mapping[str, Any]) -> str:
     head = (f"# Sparsity sweep\n\nTest metrics (mean ± 95% CI over seeds) at each target sparsity Ω. "
             f"\"within ε\": dense accuracy − accuracy ≤ ε = {100 * eps:g} pp (the paper's accuracy constraint). "
             "Last column: Ballot's fairness improvement over the method (mean over CWV and MCD).\n\n")
-    return head + _md_table(["Ω", "method", "accuracy (%)", "dense acc (%)", f"within ε", "CWV (×10⁻³)", "MCD (%)",
+    return head + md_table(["Ω", "method", "accuracy (%)", "dense acc (%)", f"within ε", "CWV (×10⁻³)", "MCD (%)",
                              "Ballot impr.", "seeds"], body)
 
 

@@ -34,6 +34,7 @@ The lower-level pieces are public too, for people who bring their own loop:
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any, Callable, Mapping
 
 import jax
@@ -45,6 +46,8 @@ from ballot_jax import loop, masks, train
 from ballot_jax.methods import ballot, common
 
 PyTree = Any
+BALLOT_OPTIONS = ("criterion", "vote_trajectory", "band", "vote_source", "vote_data", "eta", "score", "quotas",
+                  "acc_floor", "diag_batches", "diag_max_groups", "vote_interval_steps")
 
 
 @dataclasses.dataclass
@@ -56,7 +59,8 @@ class SubnetworkResult:
     votes: PyTree
     score_sum: PyTree
     diagnostics: list[dict[str, Any]]  # one entry per vote round (val metrics, conflicts)
-    magnitude_ticket_overlap: float
+    ticket_share_kept: float  # share of the magnitude ticket's weights the mask keeps (equal quotas)
+    magnitude_ticket_jaccard: float  # shared / union with the magnitude ticket
     trained_params: PyTree  # θ_T the magnitude ticket came from
 
 
@@ -100,6 +104,7 @@ def select_subnetwork(
     val_data: Any,
     *,
     sparsity: float,
+    criterion: str | None = None,
     trained_variables: Mapping[str, PyTree] | None = None,
     num_classes: int | None = None,
     num_groups: int | None = None,
@@ -126,13 +131,17 @@ def select_subnetwork(
         for the paper's class-wise fairness). Validation accuracies per group set the fairness
         weights w_g = 1/acc_g; every group must occur in ``val_data``.
       sparsity: fraction of prunable weights removed, in [0, 1).
+      criterion: the selection criterion (:data:`ballot_jax.conflicts.CRITERIA`: ``gradient``,
+        ``taylor``, ``magnitude_veto``, ``group_balanced``, ``prototype``); None: the default of
+        :func:`ballot_jax.config.base_config`.
       trained_variables: θ_T, if you have trained the dense model already; otherwise it is
         trained here for ``dense_epochs``.
-      vote_epochs: epochs of the magnitude-ticket trajectory; one vote round after each.
+      vote_epochs: epochs of the vote trajectory; one vote round after each.
       optimizer: :class:`ballot_jax.train.OptimizerConfig` (default: the paper's SGD recipe).
       workdir: checkpoint directory (resumable); None keeps everything in memory.
-      ballot_options: ``vote_source``, ``vote_data``, ``eta``, ``score``, ``quotas``,
-        ``acc_floor``, ``diag_batches``, ``diag_max_groups`` (see :mod:`ballot_jax.methods.ballot`).
+      ballot_options: ``vote_trajectory``, ``band``, ``vote_source``, ``vote_data``, ``eta``,
+        ``score``, ``quotas``, ``acc_floor``, ``diag_batches``, ``diag_max_groups`` (see
+        :mod:`ballot_jax.methods.ballot`).
 
     Returns:
       The Ballot mask, or a :class:`SubnetworkResult` with votes and diagnostics when
@@ -150,11 +159,13 @@ def select_subnetwork(
     cfg.unlock()
     cfg.update(dict(sparsity=float(sparsity), epochs=int(vote_epochs), dense_epochs=int(dense_epochs),
                     vote_epochs=int(vote_epochs), batch_size=int(batch_size), augment=False))
+    if criterion is not None:
+        ballot_options["criterion"] = criterion
     for key, value in ballot_options.items():
-        if key not in cfg:
-            raise ValueError(f"unknown option {key!r}; Ballot options: vote_source, vote_data, eta, score, quotas, "
-                             "acc_floor, diag_batches, diag_max_groups")
+        if key not in cfg or key not in BALLOT_OPTIONS:
+            raise ValueError(f"unknown option {key!r}; Ballot options: {', '.join(BALLOT_OPTIONS)}")
         cfg[key] = value
+    ballot.settings(types.SimpleNamespace(config=cfg))  # a bad option fails here, before any training
     opt = optimizer or train.OptimizerConfig()
     ctx = loop.Context(apply_fn=apply_fn, task=task, config=ml_collections.FrozenConfigDict(cfg), opt=opt,
                        tx=train.make_optimizer(opt), seed=seed, batch_size=batch_size, eval_batch_size=eval_batch_size,
@@ -181,6 +192,7 @@ def select_subnetwork(
         votes=state.votes,
         score_sum=state.extras["score_sum"],
         diagnostics=[e for e in meta["log"] if e["stage"] == "ticket" and e["phase"] == "epoch"],
-        magnitude_ticket_overlap=end["overlap_with_magnitude_ticket"],
+        ticket_share_kept=end["ticket_share_kept"],
+        magnitude_ticket_jaccard=end["jaccard_with_magnitude_ticket"],
         trained_params=trained_params,
     )

@@ -10,6 +10,8 @@ Variants (combine with commas, e.g. ``configs/cifar100.py:cpu,coarse``):
   coarse          label = the 20 superclasses, groups = classes
   fine_by_coarse  label = fine class, groups = the 20 superclasses
   resnet18 / resnet50 / vgg16   the model
+  bench           the cpu model trained to a plateau, epochs by the :bench rule for 45,000
+                  training images (:func:`ballot_jax.config.bench_variant`; not measured here)
   cpu             2-core CPU size (:func:`ballot_jax.config.cpu_variant`) on the first 20,000
                   training images (CIFAR order) and 2,000 validation images (the test set whole)
 """
@@ -22,6 +24,7 @@ VARIANTS = {
     "fine_by_coarse": {"label": "label", "groups": "coarse_label"},
     **config_lib.MODEL_VARIANTS,
     "cpu": config_lib.cpu_variant(train_limit=20_000, val_limit=2_000),
+    "bench": config_lib.bench_variant(45_000),
 }
 
 

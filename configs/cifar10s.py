@@ -12,6 +12,8 @@ Variants (combine with commas, e.g. ``configs/cifar10s.py:cpu,classes``):
   classes           groups = the ten classes (the paper's class-wise fairness)
   classes_by_color  20 groups, class × rendering
   resnet18 / resnet50 / vgg16   the model
+  bench             the cpu model trained to a plateau, epochs by the :bench rule for 45,000
+                    training images (:func:`ballot_jax.config.bench_variant`; not measured here)
   cpu               2-core CPU size (:func:`ballot_jax.config.cpu_variant`) on the first 15,000
                     training images (CIFAR order) and 2,000 validation images (the test set whole)
 """
@@ -24,6 +26,7 @@ VARIANTS = {
     "classes_by_color": {"groups": "classes*color"},
     **config_lib.MODEL_VARIANTS,
     "cpu": config_lib.cpu_variant(train_limit=15_000, val_limit=2_000),
+    "bench": config_lib.bench_variant(45_000),
 }
 
 

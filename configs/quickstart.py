@@ -6,7 +6,9 @@ in both renderings. Groups are the ten classes (the paper's class-wise fairness)
 the small conv net at double width (about 15k weights), trained with SGD (lr 0.1, momentum 0.9)
 on a cosine schedule: 10 dense epochs, 3 vote epochs, 6 retraining epochs, 80% sparsity.
 
-Variants: ``color`` (groups = colour vs gray), ``classes_by_color`` (20 groups, digit × rendering).
+Variants: ``color`` (groups = colour vs gray), ``classes_by_color`` (20 groups, digit × rendering),
+``bench`` (trained to a plateau: 60 dense + 5 vote + 40 retraining epochs, the
+:func:`ballot_jax.config.bench_epochs` rule).
 """
 
 from ballot_jax import config as config_lib
@@ -15,6 +17,8 @@ VARIANTS = {
     "classes": {"groups": "classes"},
     "color": {"groups": "color"},
     "classes_by_color": {"groups": "classes*color"},
+    # Trained to a plateau: epochs by the :bench rule for its 1,078 training images (clipped to 40).
+    "bench": config_lib.bench_epochs(1_078),
 }
 
 

@@ -8,6 +8,8 @@ per stage.
 Variants (combine with commas, e.g. ``configs/tinyimagenet.py:cpu,resnet50``):
   classes         groups = classes (the default)
   resnet18 / resnet50 / vgg16   the model
+  bench           the cpu model trained to a plateau, epochs by the :bench rule for 90,000
+                  training images (:func:`ballot_jax.config.bench_variant`; not measured here)
   cpu             2-core CPU size (:func:`ballot_jax.config.cpu_variant`), all 90,000 training
                   images (they are stored class by class, so a prefix would drop classes), 2 dense
                   + 1 vote + 2 retraining epochs
@@ -19,6 +21,7 @@ VARIANTS = {
     "classes": {"groups": "classes"},
     **config_lib.MODEL_VARIANTS,
     "cpu": config_lib.cpu_variant(dense_epochs=2, vote_epochs=1, epochs=2),
+    "bench": config_lib.bench_variant(90_000),
 }
 
 

@@ -103,7 +103,7 @@ def test_write_reports_files(tmp_path) -> None:
     res = _results()
     paths = report.write_reports(res, str(tmp_path))
     names = {os.path.basename(p) for p in paths}
-    assert names == {"results.csv", "runs.csv", "results.md", "per_group_accuracy.png",
+    assert names == {"results.csv", "runs.csv", "paired.csv", "results.md", "per_group_accuracy.png",
                      "accuracy_vs_fairness.png", "training_curves.png"}
     for p in paths:
         assert os.path.getsize(p) > 0

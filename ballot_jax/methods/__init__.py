@@ -7,8 +7,9 @@ Look methods up by name with :func:`get`; :func:`names` lists them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from ballot_jax import loop
 
@@ -20,7 +21,9 @@ class Method:
     ``from_dense``: the method starts from the shared dense run of its seed (its final state is
     passed to ``initial_state``); otherwise it starts from θ0. ``initial_state(ctx, state)``
     gives the method's full run state (every checkpoint has its structure); ``stages(ctx)`` its
-    stages. ``description`` is one line for tables and ``--help``.
+    stages. ``description`` is one line for tables and ``--help``. ``parse_variant(tokens)``, when
+    given, turns the parts of a name ``"<name>:<part>:<part>"`` into config overrides, so variants
+    of one method run side by side in one comparison (sharing each seed's dense run).
     """
 
     name: str
@@ -28,6 +31,7 @@ class Method:
     from_dense: bool
     initial_state: Callable[[loop.Context, loop.RunState], loop.RunState]
     stages: Callable[[loop.Context], Sequence[loop.Stage]]
+    parse_variant: Callable[[list[str]], dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -60,12 +64,40 @@ def names() -> list[str]:
 
 
 def get(name: str) -> Method:
-    """The method called ``name``; an unknown name gets an error listing the valid ones."""
+    """The method called ``name``, or a variant ``"<name>:<part>..."`` of it; an unknown name gets
+    an error listing the valid ones."""
     _load_builtin()
+    base_name, *parts = name.split(":")
     try:
-        return _REGISTRY[name]
+        base = _REGISTRY[base_name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(_REGISTRY))}") from None
+        raise ValueError(f"unknown method {base_name!r}; valid methods: {', '.join(sorted(_REGISTRY))} "
+                         "(variants: ballot:<criterion>[:<trajectory>][:<retrain_from>])") from None
+    if not parts:
+        return base
+    if base.parse_variant is None:
+        raise ValueError(f"method {base_name!r} has no variants (got {name!r})")
+    overrides = base.parse_variant(parts)
+    return dataclasses.replace(
+        base,
+        name=name,
+        description=f"{base.description} [{', '.join(f'{k}={v}' for k, v in overrides.items())}]",
+        initial_state=lambda ctx, state: base.initial_state(with_options(ctx, overrides), state),
+        stages=lambda ctx: base.stages(with_options(ctx, overrides)),
+    )
+
+
+def with_options(ctx: loop.Context, overrides: dict[str, Any]) -> loop.Context:
+    """``ctx`` with config keys overridden (compiled steps and caches shared)."""
+    config = copy.deepcopy(ctx.config)
+    for key, value in overrides.items():
+        config[key] = value
+    return dataclasses.replace(ctx, config=config)
+
+
+def directory_name(name: str) -> str:
+    """A method's folder name in a work directory (``ballot:taylor:dense`` → ``ballot-taylor-dense``)."""
+    return name.replace(":", "-")
 
 
 def parse(spec: str | Sequence[str]) -> list[str]:

@@ -2,23 +2,32 @@
 
 Stages after the shared dense run (REFERENCE §3):
 
-1. ``ticket`` — the magnitude ticket of θ_T (per-layer quotas k_l), rewound to θ0 (or θ_k) and
-   trained for ``vote_epochs`` epochs with the mask enforced. After every epoch the validation
-   per-group accuracies give w_g = 1/max(acc_g, floor); the accuracy and fairness gradients
-   (a, f) give scores s = |â + η f̂|; each layer votes for its top k_l scores. At the end the
-   Ballot mask keeps, per layer, the k_l weights with most votes (ties: summed score, position).
-2. ``retrain`` — rewind to θ0 (or θ_k) with the Ballot mask and train ``epochs`` epochs, mask
-   enforced (the same budget every method gets).
+1. ``ticket`` — the vote trajectory. The magnitude ticket of θ_T fixes the per-layer quotas k_l.
+   ``vote_trajectory="ticket"`` (the paper): the ticket rewound to θ0 (or θ_k) and trained with
+   the mask enforced; ``"dense"`` (what the prototype effectively did): the dense network θ_T
+   trained on, unmasked. After every epoch the validation per-group accuracies give
+   w_g = 1/max(acc_g, floor), the accuracy and fairness gradients (a, f) are summed over the vote
+   data, the ``criterion`` (:data:`ballot_jax.conflicts.CRITERIA`) scores every weight and each
+   layer votes for its top k_l scores. At the end the Ballot mask keeps, per layer, the k_l
+   weights with most votes (ties: summed score, then position).
+2. ``retrain`` — the Ballot mask, from θ0 / θ_k (``retrain_from="rewind_point"``) or from θ_T with
+   the learning-rate schedule restarted (``"trained"``: learning-rate rewinding), trained
+   ``epochs`` epochs with the mask enforced (the same budget every method gets).
 
-Config keys (all optional): ``vote_epochs`` (default ``epochs``), ``vote_source``
-(``"pass"``: a gradient pass over the vote data at the post-epoch weights, the prototype's
-semantics; ``"train_steps"``: (a, f) summed over the epoch's own train steps, no extra pass),
-``vote_data`` (``"val"`` or ``"train"``, for ``pass``), ``eta`` (1.0), ``score`` (``abs``/
-``signed``), ``quotas`` (``magnitude``/``uniform``/``erk``), ``acc_floor`` (0.05),
-``diag_batches`` (batches used for the per-group cosine diagnostic; 0 turns it off),
+Config keys (all optional): ``criterion`` (``gradient``), ``vote_trajectory``, ``retrain_from``,
+``band`` (``magnitude_veto``'s band, a fraction of k_l), ``vote_epochs`` (default ``epochs``),
+``vote_source`` (``"pass"``: a gradient pass over the vote data at the post-epoch weights, the
+prototype's semantics; ``"train_steps"``: (a, f) summed over the epoch's own train steps, no extra
+pass), ``vote_data`` (``"val"`` or ``"train"``, for ``pass``), ``eta`` (1.0), ``score``
+(``abs``/``signed``, for ``gradient``), ``quotas`` (``magnitude``/``uniform``/``erk``), ``acc_floor``
+(0.05), ``diag_batches`` (batches used for the per-group cosine diagnostic; 0 turns it off),
 ``diag_max_groups`` (skip that diagnostic above this many groups: it costs G backward passes),
 ``vote_interval_steps`` (``train_steps`` only: a vote round every N steps instead of once per
 epoch; steps left over at the end of an epoch form one more round).
+
+Variants for comparisons in one run: ``methods="ballot,ballot:taylor,ballot:magnitude_veto:dense"``.
+Each token after ``ballot:`` is a value of ``criterion``, ``vote_trajectory`` or ``retrain_from``
+(:data:`VARIANT_OPTIONS`); a variant shares the dense run of its seed with every other method.
 """
 
 from __future__ import annotations
@@ -36,12 +45,21 @@ from ballot_jax.methods import Method, common, register
 VOTE_SOURCES = ("pass", "train_steps")
 VOTE_DATA = ("val", "train")
 QUOTAS = ("magnitude", "uniform", "erk")
-
+TRAJECTORIES = ("ticket", "dense")
+RETRAIN_FROM = ("rewind_point", "trained")
+DEFAULT_CRITERION = "gradient"
+# Options a method-name variant (ballot:taylor:dense) may set, each with its valid values.
+VARIANT_OPTIONS = {"criterion": tuple(conflicts.CRITERIA), "vote_trajectory": TRAJECTORIES,
+                   "retrain_from": RETRAIN_FROM}
 
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
-    """The resolved Ballot options, validated."""
+    """The resolved Ballot options of ``ctx.config``, validated (only ``ctx.config`` is read)."""
     s = {
+        "criterion": str(common.option(ctx, "criterion", DEFAULT_CRITERION)),
+        "vote_trajectory": str(common.option(ctx, "vote_trajectory", "ticket")),
+        "retrain_from": str(common.option(ctx, "retrain_from", "rewind_point")),
+        "band": float(common.option(ctx, "band", 0.1)),
         "vote_epochs": int(common.option(ctx, "vote_epochs", ctx.config.epochs)),
         "vote_source": str(common.option(ctx, "vote_source", "pass")),
         "vote_data": str(common.option(ctx, "vote_data", "val")),
@@ -53,25 +71,58 @@ def settings(ctx: loop.Context) -> dict[str, Any]:
         "diag_max_groups": int(common.option(ctx, "diag_max_groups", 32)),
         "vote_interval_steps": int(common.option(ctx, "vote_interval_steps", 0)),
     }
-    for key, valid in (("vote_source", VOTE_SOURCES), ("vote_data", VOTE_DATA), ("quotas", QUOTAS), ("score", conflicts.SCORES)):
+    conflicts.get_criterion(s["criterion"])
+    for key, valid in (("vote_source", VOTE_SOURCES), ("vote_data", VOTE_DATA), ("quotas", QUOTAS),
+                       ("score", conflicts.SCORES), ("vote_trajectory", TRAJECTORIES), ("retrain_from", RETRAIN_FROM)):
         if s[key] not in valid:
             raise ValueError(f"unknown {key} {s[key]!r}; valid: {list(valid)}")
     if s["vote_interval_steps"] and s["vote_source"] != "train_steps":
         raise ValueError("vote_interval_steps needs vote_source='train_steps' (a gradient pass every few steps "
                          "would cost more than the training itself); set vote_interval_steps=0 for per-epoch votes")
+    if "per_group" in conflicts.get_criterion(s["criterion"]).needs and s["vote_source"] != "pass":
+        raise ValueError(f"criterion={s['criterion']!r} needs the per-group gradient sums of a gradient pass: "
+                         "set vote_source='pass'")
     if s["vote_epochs"] < 1:
         raise ValueError("vote_epochs must be at least 1: the Ballot mask needs at least one vote round")
+    if not 0.0 <= s["band"] <= 1.0:
+        raise ValueError(f"band={s['band']} must be in [0, 1] (a fraction of each layer's kept count)")
     return s
 
 
-def ticket_mask(ctx: loop.Context, state: loop.RunState, quotas: str) -> masks.Mask:
-    """The magnitude ticket at the target density, with global or uniform/ERK per-layer quotas."""
+def parse_variant(tokens: list[str]) -> dict[str, str]:
+    """Config overrides of a method-name variant: ``["taylor", "dense"]`` → criterion, trajectory."""
+    out: dict[str, str] = {}
+    for t in tokens:
+        keys = [k for k, valid in VARIANT_OPTIONS.items() if t in valid]
+        if not keys:
+            valid = ", ".join(f"{k}: {'/'.join(v)}" for k, v in VARIANT_OPTIONS.items())
+            raise ValueError(f"unknown Ballot variant {t!r}; each part after 'ballot:' is one of ({valid})")
+        if keys[0] in out:
+            raise ValueError(f"Ballot variant sets {keys[0]} twice ({out[keys[0]]!r} and {t!r})")
+        out[keys[0]] = t
+    return out
+
+
+def ticket_mask(ctx: loop.Context, params: Any, structure: masks.Mask, quotas: str) -> masks.Mask:
+    """The magnitude ticket of ``params`` at the target density, global or uniform/ERK per-layer quotas."""
     density = common.target_density(ctx)
     if quotas == "magnitude":
-        return common.magnitude_ticket(ctx, state, density)
-    dens = masks.layer_densities(state.train.mask, density, quotas)
-    k = masks.quotas_from_densities(state.train.mask, dens, total_density=density)
-    return masks.topk_per_layer(masks.magnitude_scores(state.train.params, state.train.mask), k)
+        return masks.global_magnitude_mask(params, structure, density)
+    dens = masks.layer_densities(structure, density, quotas)
+    k = masks.quotas_from_densities(structure, dens, total_density=density)
+    return masks.topk_per_layer(masks.magnitude_scores(params, structure), k)
+
+
+def vote_quotas(ctx: loop.Context, ticket: masks.Mask, head_only: bool) -> Any:
+    """k_l per layer: the ticket's; for a head-only criterion the head's share at the target
+    density and every other layer whole (the prototype's real, much lower, overall sparsity)."""
+    if not head_only:
+        return masks.quotas_of(ticket)
+    density = common.target_density(ctx)
+    names = iter(masks.layer_names(ticket))
+    return masks.map_prunable(
+        lambda m: int(round(density * np.size(m))) if masks.HEAD_NAME in next(names).split("/") else int(np.size(m)),
+        ticket)
 
 
 def _val_weights(ctx: loop.Context, state: loop.RunState, floor: float) -> tuple[jax.Array, dict[str, Any]]:
@@ -79,15 +130,19 @@ def _val_weights(ctx: loop.Context, state: loop.RunState, floor: float) -> tuple
     return conflicts.group_weights(metrics["per_group_accuracy"], floor), metrics
 
 
-def _gradient_pass(ctx: loop.Context, state: loop.RunState, weights_g: jax.Array, vote_data: str):
-    grad_pass = ctx.cached("ballot_gradient_pass", lambda: conflicts.make_gradient_pass(ctx.apply_fn))
+def _gradient_pass(ctx: loop.Context, state: loop.RunState, weights_g: jax.Array, vote_data: str,
+                   criterion: conflicts.Criterion) -> dict[str, Any]:
+    squares = "squares" in criterion.needs
+    groups = ctx.task.num_groups if "per_group" in criterion.needs else 0
+    grad_pass = ctx.cached(f"ballot_gradient_pass/{squares}/{groups}",
+                           lambda: conflicts.make_gradient_pass(ctx.apply_fn, squares=squares, num_groups=groups))
     ts = state.train
-    acc = {"a": conflicts.zeros_like_mask(ts.mask, ts.params), "f": conflicts.zeros_like_mask(ts.mask, ts.params)}
+    acc = conflicts.gradient_sums_like(ts.params, ts.mask, squares=squares, num_groups=groups)
     split = getattr(ctx.task, vote_data)
     for batch in split.batches(batch_size=ctx.eval_batch_size, epoch=0, seed=0, shuffle=False, augment=False,
                                drop_remainder=False, sharding=ctx.sharding):
         acc = grad_pass(ts.params, ts.batch_stats, ts.mask, batch, weights_g, acc)
-    return acc["a"], acc["f"]
+    return acc
 
 
 def _group_cosines(ctx: loop.Context, state: loop.RunState, n_batches: int) -> list[list[float]] | None:
@@ -109,25 +164,63 @@ def _group_cosines(ctx: loop.Context, state: loop.RunState, n_batches: int) -> l
 
 
 def initial_state(ctx: loop.Context, dense: loop.RunState) -> loop.RunState:
-    """The dense run's final state plus zero votes, zero score sums and unit group weights."""
+    """The dense run's final state plus zero votes and score sums, unit group weights, the trained
+    weights θ_T (magnitude reference, learning-rate rewinding) and a round counter."""
     ts = dense.train
     votes = masks.map_prunable(lambda m: jnp.zeros(jnp.shape(m), jnp.int32), ts.mask)
     extras = {
         "score_sum": conflicts.zeros_like_mask(ts.mask, ts.params),
         "weights_g": jnp.ones((ctx.task.num_groups,), jnp.float32),
+        "trained_params": jax.tree.map(jnp.copy, ts.params),
+        "trained_batch_stats": jax.tree.map(jnp.copy, ts.batch_stats),
+        "rounds": jnp.zeros((), jnp.int32),
     }
     return dense.replace(votes=votes, extras=extras)
+
+
+def _score_fn(ctx: loop.Context, s: dict[str, Any]) -> Any:
+    """The criterion's score as a function of :class:`conflicts.RoundInputs` (jitted unless on host)."""
+    crit = conflicts.get_criterion(s["criterion"])
+    fn = functools.partial(crit.score, eta=s["eta"], score=s["score"], band=s["band"])
+    if crit.on_host:
+        return fn
+    return ctx.cached(f"ballot_score/{crit.name}/{s['eta']}/{s['score']}/{s['band']}", lambda: jax.jit(fn))
 
 
 def build_stages(ctx: loop.Context) -> list[loop.Stage]:
     """The ``ticket`` (trajectory + votes → Ballot mask) and ``retrain`` stages."""
     s = settings(ctx)
+    crit = conflicts.get_criterion(s["criterion"])
     vote_epochs = s["vote_epochs"]
+    score_fn = _score_fn(ctx, s)
+
+    def structure(state: loop.RunState) -> masks.Mask:
+        """The all-kept mask (the prunable structure; the vote counts have it)."""
+        return masks.map_prunable(lambda v: jnp.ones(jnp.shape(v), bool), state.votes)
+
+    def the_ticket(c: loop.Context, state: loop.RunState) -> masks.Mask:
+        return ticket_mask(c, state.extras["trained_params"], structure(state), s["quotas"])
+
+    def vote(c: loop.Context, state: loop.RunState, sums: dict[str, Any], quotas: Any) -> loop.RunState:
+        prunable = structure(state)
+        weights = state.train.params if s["vote_trajectory"] == "dense" else state.extras["trained_params"]
+        inputs = conflicts.RoundInputs(
+            weights=masks.map_prunable(lambda m, w: w, prunable, weights),
+            reference=masks.map_prunable(lambda m, w: w, prunable, state.extras["trained_params"]),
+            a=sums["a"], f=sums["f"], mask=prunable, quotas=quotas,
+            a_sq=sums.get("a_sq"), f_sq=sums.get("f_sq"), per_group=sums.get("per_group"))
+        sc = score_fn(inputs)
+        votes, score_sum = conflicts.cast_votes(state.votes, state.extras["score_sum"], sc, quotas)
+        return state.replace(votes=votes, extras=dict(state.extras, score_sum=score_sum,
+                                                      rounds=state.extras["rounds"] + 1))
 
     def begin(c: loop.Context, state: loop.RunState):
-        mask = ticket_mask(c, state, s["quotas"])
-        state = common.rewind_to(c, state, mask)
-        info = common.with_mask_info(mask)
+        ticket = the_ticket(c, state)
+        if s["vote_trajectory"] == "ticket":
+            state = common.rewind_to(c, state, ticket)
+        else:  # the dense network θ_T trained on (mask all ones), optimizer and schedule restarted
+            state = common.continue_with(c, state, state.train.mask)
+        info = common.with_mask_info(ticket, trajectory=s["vote_trajectory"], criterion=s["criterion"])
         if s["vote_source"] == "train_steps":
             w, metrics = _val_weights(c, state, s["acc_floor"])
             state = state.replace(extras=dict(state.extras, weights_g=w))
@@ -135,23 +228,21 @@ def build_stages(ctx: loop.Context) -> list[loop.Stage]:
         return state, info
 
     def epoch(c: loop.Context, state: loop.RunState, e: int):
-        quotas = masks.quotas_of(state.train.mask)
+        quotas = vote_quotas(c, the_ticket(c, state), crit.head_only)
+        rounds_before = int(state.extras["rounds"])
         if s["vote_source"] == "train_steps":
-            step = c.cached("ballot_voting_step", lambda: conflicts.make_voting_train_step(c.apply_fn, c.tx))
-            ballots = {"votes": state.votes, "score_sum": state.extras["score_sum"], "rounds": 0}
+            squares = "squares" in crit.needs
+            step = c.cached(f"ballot_voting_step/{squares}",
+                            lambda: conflicts.make_voting_train_step(c.apply_fn, c.tx, squares=squares))
+            holder = {"state": state}
 
             def vote_round(ts, sums):
-                sc = conflicts.scores(sums["a"], sums["f"], ts.mask, s["eta"], s["score"])
-                ballots["votes"], ballots["score_sum"] = conflicts.cast_votes(ballots["votes"], ballots["score_sum"], sc, quotas)
-                ballots["rounds"] += 1
+                holder["state"] = vote(c, holder["state"].replace(train=ts), sums, quotas)
 
             ts, info, sums = loop.train_epoch(c, state.train, stage="ticket", stage_tag=common.TICKET_TAG, epoch=e,
                                               epochs=vote_epochs, step_fn=step, step_args=(state.extras["weights_g"],),
                                               every=s["vote_interval_steps"], on_every=vote_round)
-            state = state.replace(train=ts, votes=ballots["votes"],
-                                  extras=dict(state.extras, score_sum=ballots["score_sum"]))
-            info["vote_rounds_within_epoch"] = ballots["rounds"]
-            a, f = (sums["a"], sums["f"]) if sums is not None else (None, None)
+            state = holder["state"].replace(train=ts)
             weights_used = state.extras["weights_g"]
             next_w, metrics = _val_weights(c, state, s["acc_floor"])
         else:
@@ -160,11 +251,9 @@ def build_stages(ctx: loop.Context) -> list[loop.Stage]:
             state = state.replace(train=ts)
             weights_used, metrics = _val_weights(c, state, s["acc_floor"])
             next_w = weights_used
-            a, f = _gradient_pass(c, state, weights_used, s["vote_data"])
-        if a is not None:  # the epoch's (last) round
-            sc = conflicts.scores(a, f, state.train.mask, s["eta"], s["score"])
-            votes, score_sum = conflicts.cast_votes(state.votes, state.extras["score_sum"], sc, quotas)
-            state = state.replace(votes=votes, extras=dict(state.extras, score_sum=score_sum))
+            sums = _gradient_pass(c, state, weights_used, s["vote_data"], crit)
+        if sums is not None:  # the epoch's (last) round
+            state = vote(c, state, sums, quotas)
         state = state.replace(extras=dict(state.extras, weights_g=next_w))
         info.update(
             val_accuracy=metrics["accuracy"],
@@ -172,26 +261,31 @@ def build_stages(ctx: loop.Context) -> list[loop.Stage]:
             val_mcd=metrics["mcd"],
             val_per_group_accuracy=metrics["per_group_accuracy"],
             group_weights=np.asarray(weights_used).tolist(),
+            vote_rounds=int(state.extras["rounds"]) - rounds_before,
         )
-        if a is not None:
-            info["conflicts"] = conflicts.conflict_diagnostics(a, f, state.train.mask)
+        if sums is not None:
+            info["conflicts"] = conflicts.conflict_diagnostics(sums["a"], sums["f"], structure(state))
         if s["diag_batches"] > 0 and c.task.num_groups <= s["diag_max_groups"]:
             info["group_gradient_cosine"] = _group_cosines(c, state, s["diag_batches"])
         return state, info
 
     def end(c: loop.Context, state: loop.RunState):
-        ticket = state.train.mask
-        chosen = conflicts.mask_from_votes(state.votes, state.extras["score_sum"], masks.quotas_of(ticket))
-        kept_t = masks.prunable_leaves(ticket, ticket)
-        kept_b = masks.prunable_leaves(chosen, ticket)
-        inter = sum(int(jnp.sum(x & y)) for x, y in zip(kept_t, kept_b))
-        union = sum(int(jnp.sum(x | y)) for x, y in zip(kept_t, kept_b))
-        state = state.replace(train=state.train.replace(mask=chosen, params=masks.apply_mask(state.train.params, chosen)))
-        return state, common.with_mask_info(chosen, overlap_with_magnitude_ticket=inter / max(union, 1),
-                                            vote_rounds=vote_epochs)
+        ticket = the_ticket(c, state)
+        quotas = vote_quotas(c, ticket, crit.head_only)
+        chosen = conflicts.mask_from_votes(state.votes, state.extras["score_sum"], quotas)
+        overlap = masks.overlap(chosen, ticket)
+        params = state.train.params
+        state = state.replace(train=state.train.replace(mask=chosen, params=masks.apply_mask(params, chosen)))
+        return state, common.with_mask_info(chosen, ticket_share_kept=overlap["share_of_b"],
+                                            jaccard_with_magnitude_ticket=overlap["jaccard"],
+                                            vote_rounds=int(state.extras["rounds"]))
 
     def begin_retrain(c: loop.Context, state: loop.RunState):
-        return common.rewind_to(c, state, state.train.mask), common.with_mask_info(state.train.mask)
+        mask = state.train.mask
+        if s["retrain_from"] == "trained":  # learning-rate rewinding: θ_T under the mask, schedule restarted
+            ts = loop.fresh_train_state(c, state.extras["trained_params"], state.extras["trained_batch_stats"], mask)
+            return state.replace(train=ts), common.with_mask_info(mask, retrain_from="trained")
+        return common.rewind_to(c, state, mask), common.with_mask_info(mask, retrain_from="rewind_point")
 
     return [
         loop.Stage("ticket", epochs=vote_epochs, begin=begin, epoch=epoch, end=end),
@@ -202,9 +296,11 @@ def build_stages(ctx: loop.Context) -> list[loop.Stage]:
 METHOD = register(
     Method(
         name="ballot",
-        description="Ballot: votes from accuracy/fairness gradient conflicts on the magnitude-ticket trajectory, rewind, retrain",
+        description="Ballot: votes from accuracy/fairness conflicts (pluggable criterion) on a vote trajectory, "
+                    "rewind, retrain",
         from_dense=True,
         initial_state=initial_state,
         stages=build_stages,
+        parse_variant=parse_variant,
     )
 )

@@ -6,7 +6,7 @@ retraining "the same way" see the same batches.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +58,8 @@ def dense_stage(ctx: loop.Context) -> loop.Stage:
         ts, info, _ = loop.train_epoch(c, state.train, stage="dense", stage_tag=DENSE_TAG, epoch=e, epochs=epochs,
                                        after_step=after_step if k else None)
         state = state.replace(train=ts)
+        val = loop.evaluate(c, ts, "val")  # the learning curve that plateau() judges
+        info.update(val_accuracy=val["accuracy"], val_min_class_recall=val["min_class_recall"])
         if captured:
             state = state.replace(rewind_params=captured["params"], rewind_batch_stats=captured["batch_stats"])
             info["rewind_point_saved_at_step"] = k
@@ -67,6 +69,26 @@ def dense_stage(ctx: loop.Context) -> loop.Stage:
         return state, {"val": loop.evaluate(c, state.train, "val")}
 
     return loop.Stage("dense", epochs=epochs, epoch=epoch, end=end)
+
+
+PLATEAU_WINDOW, PLATEAU_TOLERANCE = 3, 0.01
+
+
+def plateau(log: Sequence[Mapping[str, Any]], window: int = PLATEAU_WINDOW,
+            tolerance: float = PLATEAU_TOLERANCE) -> dict[str, Any]:
+    """Whether the dense run trained to a plateau, from its stage log.
+
+    ``reached``: the validation accuracy of the last ``window`` epochs lies within ``tolerance``
+    (max − min) and every class is predicted correctly at least once on validation (min recall >
+    0): the condition under which comparing the fairness of its tickets means something.
+    """
+    curve = [e for e in log if e.get("stage") == "dense" and e.get("phase") == "epoch" and "val_accuracy" in e]
+    last = [float(e["val_accuracy"]) for e in curve[-window:]]
+    spread = max(last) - min(last) if last else float("nan")
+    recall = float(curve[-1]["val_min_class_recall"]) if curve else float("nan")
+    return {"val_accuracy_last": last, "spread": spread, "window": window, "tolerance": tolerance,
+            "min_class_recall": recall,
+            "reached": bool(len(last) == window and spread <= tolerance and recall > 0)}
 
 
 def magnitude_ticket(ctx: loop.Context, state: loop.RunState, density: float | None = None) -> masks.Mask:
