@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import math
 import os
 import types
 
@@ -167,3 +168,33 @@ def test_readme_config_table_is_current() -> None:
     assert table == config_lib.key_table().strip(), (
         "README.md's config table is out of date; regenerate it from the repository root with\n"
         "  python -c \"import ballot_jax.config as c; c.write_readme_table('README.md')\"")
+
+
+def test_bench_rule_and_variant():
+    from ballot_jax.config import bench_epochs
+
+    quickstart = _module(os.path.join(REPO, "configs", "quickstart.py"))
+    utkface = _module(os.path.join(REPO, "configs", "utkface.py"))
+    e = bench_epochs(18_961)
+    assert e == {"epochs": 16, "dense_epochs": 24, "vote_epochs": 2, "lth_round_epochs": 2}
+    assert bench_epochs(10)["epochs"] == 40 and bench_epochs(10_000_000)["epochs"] == 2  # clipped
+    c = utkface.get_config("bench")
+    assert (c.dense_epochs, c.epochs, c.augment, c.schedule, c.width) == (24, 16, True, "cosine", 0.25)
+    g = utkface.get_config("bench,gender_by_race")
+    assert g.label == "gender" and g.groups == "race" and g.dense_epochs == 24
+    q = quickstart.get_config("bench")
+    assert q.model == "cnn_small" and q.dense_epochs == 60
+
+
+def test_plateau_from_a_dense_log():
+    from ballot_jax.methods import common
+
+    def log(accs, recall=0.2):
+        return [{"stage": "dense", "phase": "epoch", "epoch": i, "val_accuracy": a, "val_min_class_recall": recall}
+                for i, a in enumerate(accs)]
+
+    p = common.plateau(log([0.5, 0.7, 0.80, 0.805, 0.81]))
+    assert p["reached"] and math.isclose(p["spread"], 0.01, abs_tol=1e-12)
+    assert not common.plateau(log([0.5, 0.7, 0.78, 0.805, 0.81]))["reached"]  # still climbing
+    assert not common.plateau(log([0.80, 0.80, 0.80], recall=0.0))["reached"]  # a class never predicted
+    assert not common.plateau(log([0.8, 0.8]))["reached"]  # fewer epochs than the window

@@ -150,3 +150,51 @@ def test_dp_eo_only_for_sensitive_attribute_groups() -> None:
     assert "DP difference" not in report.results_markdown(res)
     res["task"]["info"] = {"groups": "race"}
     assert "| ballot | 50.00 ± 0.00 | 10.00 ± 0.00 | 20.00 ± 0.00 | 2 |" in report.results_markdown(res)
+
+
+def _paired_results(diffs_acc, diffs_cwv, sparsity_ours=0.9):
+    runs = []
+    for seed, (da, dc) in enumerate(zip(diffs_acc, diffs_cwv)):
+        runs.append({"method": "lth", "seed": seed, "accuracy": 0.5, "cwv": 0.05, "mcd": 0.3, "sparsity": 0.9})
+        runs.append({"method": "ballot", "seed": seed, "accuracy": 0.5 + da, "cwv": 0.05 + dc, "mcd": 0.3,
+                     "sparsity": sparsity_ours})
+    return {"methods": ["ballot", "lth"], "runs": runs}
+
+
+def test_paired_difference_hand_computed():
+    # Accuracy differences 1, 2, 3 pp: mean 2, s = 1, t_{0.975,2} = 4.302653 → half-width 2.4841.
+    res = _paired_results([0.01, 0.02, 0.03], [-0.01, -0.02, -0.015])
+    p = report.paired_difference(res, "ballot", "lth", "accuracy")
+    assert p["n"] == 3 and p["better_count"] == 3
+    assert math.isclose(p["mean"], 0.02, abs_tol=1e-12)
+    assert math.isclose(p["ci"], 4.302653 * 0.01 / math.sqrt(3), rel_tol=1e-5)
+    assert p["verdict"] == "not distinguishable"  # all three seeds better, yet the interval holds 0
+    # CWV differences −0.01, −0.02, −0.015: mean −0.015, s = 0.005 → [−0.0274, −0.0026]: better.
+    q = report.paired_difference(res, "ballot", "lth", "cwv")
+    assert math.isclose(q["high"], -0.015 + 4.302653 * 0.005 / math.sqrt(3), rel_tol=1e-5)
+    assert q["verdict"] == "better" and q["matched"]
+    # The same interval for a higher-is-better metric reads "worse".
+    r = report.paired_difference(_paired_results([-0.01, -0.02, -0.015], [0, 0, 0]), "ballot", "lth", "accuracy")
+    assert r["verdict"] == "worse" and r["better_count"] == 0
+
+
+def test_paired_difference_edge_cases():
+    one = report.paired_difference(_paired_results([0.01], [0.0]), "ballot", "lth", "accuracy")
+    assert one["verdict"] == "n/a (one seed)"
+    unmatched = report.paired_difference(_paired_results([0.01, 0.02], [0, 0], sparsity_ours=0.02), "ballot", "lth",
+                                         "cwv")
+    assert unmatched["matched"] is False
+    none = report.paired_difference({"runs": []}, "ballot", "lth", "mcd")
+    assert none["n"] == 0 and none["verdict"] == "n/a"
+
+
+def test_paired_table_and_csv_columns():
+    res = _paired_results([0.01, 0.02, 0.03], [-0.01, -0.02, -0.015])
+    pairs = report.paired_comparisons(res)
+    assert {(p["ours"], p["baseline"], p["metric"]) for p in pairs} == {("ballot", "lth", m) for m in report.METRICS}
+    table = report.paired_table(pairs)
+    assert "**better**" in table and "**not distinguishable**" in table and "3/3" in table
+    rows, cols = report.summary_rows_for_csv(res)
+    lth = next(r for r in rows if r["method"] == "lth")
+    assert lth["paired_cwv_verdict"] == "better" and lth["paired_accuracy_better"] == "3/3"
+    assert "paired_mcd_verdict" in cols

@@ -64,3 +64,35 @@ def test_docstring_example_runs():
     namespace: dict = {}
     exec(compile(code, "select_subnetwork_example", "exec"), namespace)  # noqa: S102 - our own docstring
     assert masks.sparsity(namespace["mask"]) == pytest.approx(0.8, abs=0.01)
+
+
+@pytest.mark.parametrize("criterion,trajectory", [("gradient", "ticket"), ("taylor", "dense"),
+                                                  ("magnitude_veto", "ticket"), ("group_balanced", "dense"),
+                                                  ("prototype", "ticket")])
+def test_every_criterion_selects_a_mask_at_its_sparsity(criterion, trajectory):
+    model = TinyNet()
+    theta0 = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+    rng = np.random.default_rng(2)
+    out = ballot_jax.select_subnetwork(model.apply, theta0, _split(rng, 96), _split(rng, 32), sparsity=0.6,
+                                       criterion=criterion, vote_trajectory=trajectory, dense_epochs=1,
+                                       vote_epochs=2, batch_size=32, return_details=True)
+    c = masks.count(out.mask)
+    if criterion == "prototype":  # the classifier alone is pruned, the rest stays dense
+        head = [n for n in c["layers"] if n.startswith("head")]
+        assert c["layers"][head[0]][0] == round(0.4 * c["layers"][head[0]][1])
+        assert all(k == t for n, (k, t) in c["layers"].items() if n not in head)
+    else:
+        assert c["kept"] == round(0.4 * c["total"])
+    assert 0.0 <= out.ticket_share_kept <= 1.0 and out.diagnostics[-1]["vote_rounds"] == 1
+
+
+def test_bad_criterion_fails_before_training():
+    model = TinyNet()
+    theta0 = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+    rng = np.random.default_rng(1)
+    with pytest.raises(ValueError, match="unknown criterion 'nosuch'"):
+        ballot_jax.select_subnetwork(model.apply, theta0, _split(rng, 64), _split(rng, 32), sparsity=0.5,
+                                     criterion="nosuch")
+    with pytest.raises(ValueError, match="needs the per-group gradient sums"):
+        ballot_jax.select_subnetwork(model.apply, theta0, _split(rng, 64), _split(rng, 32), sparsity=0.5,
+                                     criterion="group_balanced", vote_source="train_steps")

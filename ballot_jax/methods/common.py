@@ -88,7 +88,7 @@ def plateau(log: Sequence[Mapping[str, Any]], window: int = PLATEAU_WINDOW,
     recall = float(curve[-1]["val_min_class_recall"]) if curve else float("nan")
     return {"val_accuracy_last": last, "spread": spread, "window": window, "tolerance": tolerance,
             "min_class_recall": recall,
-            "reached": bool(len(last) == window and spread <= tolerance and recall > 0)}
+            "reached": bool(len(last) == window and spread <= tolerance + 1e-9 and recall > 0)}
 
 
 def magnitude_ticket(ctx: loop.Context, state: loop.RunState, density: float | None = None) -> masks.Mask:
