@@ -174,6 +174,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
     config_lib.validate(config)
     os.makedirs(workdir, exist_ok=True)
     names = methods.parse(config.methods)
+    methods.check(names, config)
     t_start = time.perf_counter()
     task = data.load_task(config)
     model = build_model(config, task)
@@ -475,6 +476,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, progress: Call
 def run(config: ml_collections.ConfigDict, workdir: str, *, progress: Callable | None = None) -> tuple[dict, list[str]]:
     """The whole job of ``experiments/run.py``: a sweep when ``config.sweep`` is set, else a comparison."""
     config_lib.validate(config)
+    methods.check(methods.parse(config.methods), config)  # a bad method option fails before any training
     parallel.initialize(config)  # jax.distributed.initialize() when config.distributed
     if config_lib.parse_sweep(config):
         return run_sweep(config, workdir, progress=progress)

@@ -19,6 +19,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from ballot_jax import cli
+
 DEFAULT_VARIANTS = ("ballot,ballot:magnitude_veto,ballot:taylor:dense,ballot:group_balanced:dense,"
                     "ballot:magnitude_veto:trained")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with variants, e.g. configs/utkface.py:bench",
@@ -63,5 +65,11 @@ def main(argv: list[str]) -> None:
     print(f"wall time: {time.perf_counter() - t0:.0f} s; wrote {os.path.join(workdir, 'ablation.md')}")
 
 
+def main_with_clean_errors(argv: list[str]) -> None:
+    """:func:`main` with a user's mistake reported in one line (``--debug``: the traceback)."""
+    with cli.user_errors():
+        main(argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main_with_clean_errors, flags_parser=cli.parse_flags)

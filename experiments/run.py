@@ -21,6 +21,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from ballot_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with variants: configs/utkface.py:cpu,gender_by_race", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
@@ -62,5 +64,11 @@ def main(argv: list[str]) -> None:
         print("  " + os.path.relpath(p, workdir))
 
 
+def main_with_clean_errors(argv: list[str]) -> None:
+    """:func:`main` with a user's mistake reported in one line (``--debug``: the traceback)."""
+    with cli.user_errors():
+        main(argv)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main_with_clean_errors, flags_parser=cli.parse_flags)

@@ -24,6 +24,7 @@ class Method:
     stages. ``description`` is one line for tables and ``--help``. ``parse_variant(tokens)``, when
     given, turns the parts of a name ``"<name>:<part>:<part>"`` into config overrides, so variants
     of one method run side by side in one comparison (sharing each seed's dense run).
+    ``check(config)``, when given, raises ``ValueError`` for a bad option before anything runs.
     """
 
     name: str
@@ -32,6 +33,7 @@ class Method:
     initial_state: Callable[[loop.Context, loop.RunState], loop.RunState]
     stages: Callable[[loop.Context], Sequence[loop.Stage]]
     parse_variant: Callable[[list[str]], dict[str, Any]] | None = None
+    check: Callable[[Any], None] | None = None
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -84,15 +86,28 @@ def get(name: str) -> Method:
         description=f"{base.description} [{', '.join(f'{k}={v}' for k, v in overrides.items())}]",
         initial_state=lambda ctx, state: base.initial_state(with_options(ctx, overrides), state),
         stages=lambda ctx: base.stages(with_options(ctx, overrides)),
+        check=None if base.check is None else lambda config: base.check(_overridden(config, overrides)),
     )
+
+
+def check(names: Sequence[str], config: Any) -> None:
+    """Validates every method's options in ``config`` (``ValueError`` naming the problem)."""
+    for name in names:
+        method = get(name)
+        if method.check is not None:
+            method.check(config)
+
+
+def _overridden(config: Any, overrides: dict[str, Any]) -> Any:
+    config = copy.deepcopy(config)
+    for key, value in overrides.items():
+        config[key] = value
+    return config
 
 
 def with_options(ctx: loop.Context, overrides: dict[str, Any]) -> loop.Context:
     """``ctx`` with config keys overridden (compiled steps and caches shared)."""
-    config = copy.deepcopy(ctx.config)
-    for key, value in overrides.items():
-        config[key] = value
-    return dataclasses.replace(ctx, config=config)
+    return dataclasses.replace(ctx, config=_overridden(ctx.config, overrides))
 
 
 def directory_name(name: str) -> str:

@@ -33,6 +33,7 @@ Each token after ``ballot:`` is a value of ``criterion``, ``vote_trajectory`` or
 from __future__ import annotations
 
 import functools
+import types
 from typing import Any
 
 import jax
@@ -302,5 +303,6 @@ METHOD = register(
         initial_state=initial_state,
         stages=build_stages,
         parse_variant=parse_variant,
+        check=lambda config: settings(types.SimpleNamespace(config=config)) and None,
     )
 )
