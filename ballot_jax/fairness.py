@@ -49,6 +49,8 @@ _COUNT_DTYPE = jnp.int32
 # ---------------------------------------------------------------------------
 
 
+EXCLUDED_EXAMPLES = 10  # reasons kept in equalized_odds_excluded (the count is kept in full)
+
 def init_counts(num_groups: int, num_classes: int) -> jnp.ndarray:
     """Returns an all-zero int32 count tensor of shape ``[num_groups, num_classes, num_classes]``.
 
@@ -174,8 +176,9 @@ def metrics_from_counts(
     for a group with no true positives-class samples and ``FPR_g`` for a group
     with no negatives. Such a group is *left out of that term only* (the spread is
     taken over the remaining groups; a spread over fewer than two groups is 0.0),
-    and one human-readable reason per exclusion is listed in
-    ``equalized_odds_excluded``. Note fairlearn instead scores such a group's rate
+    the number of exclusions is ``equalized_odds_excluded_count`` and the first
+    :data:`EXCLUDED_EXAMPLES` human-readable reasons are listed in
+    ``equalized_odds_excluded`` (with class-wise groups there are C² of them). Note fairlearn instead scores such a group's rate
     as 0, which distorts the difference; the two agree whenever no group is
     excluded.
 
@@ -297,7 +300,8 @@ def metrics_from_counts(
     out["true_positive_rate_difference"] = tpr_diff
     out["false_positive_rate_difference"] = fpr_diff
     out["equalized_odds_difference"] = max(tpr_diff, fpr_diff)
-    out["equalized_odds_excluded"] = excluded
+    out["equalized_odds_excluded_count"] = len(excluded)
+    out["equalized_odds_excluded"] = excluded[:EXCLUDED_EXAMPLES]  # C² of them with class-wise groups: a few
     return out
 
 

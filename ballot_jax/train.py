@@ -126,7 +126,10 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     lr = cfg.learning_rate
     warmup = int(round(cfg.warmup_fraction * total_steps))
     if cfg.schedule == "step":
-        bounds = {int(round(b * total_steps)): cfg.decay_factor for b in cfg.decay_boundaries}
+        bounds: dict[int, float] = {}
+        for b in cfg.decay_boundaries:  # boundaries that round to one step multiply: no decay is lost
+            step = int(round(b * total_steps))
+            bounds[step] = bounds.get(step, 1.0) * cfg.decay_factor
         return optax.piecewise_constant_schedule(lr, bounds)
     if cfg.schedule == "constant":
         return optax.constant_schedule(lr)

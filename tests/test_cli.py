@@ -18,6 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("--config.sparsity=abc", "could not convert string to float"),
     ("--config.criterion=nosuch", "unknown criterion 'nosuch'"),
     ("--config.methods=ballot:nosuch", "unknown Ballot variant 'nosuch'"),
+    ("--config.rewind_step=1000000", "rewind_step=1000000 is beyond the dense run's"),
 ])
 def test_user_errors_are_one_line(tmp_path, override, named):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "run.py"),

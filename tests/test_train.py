@@ -114,3 +114,12 @@ def test_nonfinite_loss_is_flagged(tiny_model):
     b = dict(b, image=b["image"].at[0, 0, 0, 0].set(jnp.nan))
     _, metrics = step(state, b, 0.1)
     assert train.summarize(metrics)["nonfinite_steps"] == 1
+
+
+def test_step_schedule_keeps_every_decay_on_short_stages():
+    # 2 steps: 40% and 60% both round to step 1 (0.8 → 1, 1.2 → 1): both decays must still apply.
+    cfg = train.OptimizerConfig()
+    lrs = train.learning_rates(train.make_schedule(cfg, 2), 2)
+    np.testing.assert_allclose(lrs, [0.1, 1e-3], rtol=1e-5)  # 0.8 → step 2 lies beyond the stage
+    lrs = train.learning_rates(train.make_schedule(cfg, 5), 5)
+    np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 1e-3, 1e-4], rtol=1e-5)

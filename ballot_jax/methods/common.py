@@ -45,6 +45,10 @@ def rewind_step(ctx: loop.Context) -> int:
 def dense_stage(ctx: loop.Context) -> loop.Stage:
     """Dense training for ``dense_epochs``; keeps θ0 (or θ_k when ``rewind_step`` = k > 0)."""
     epochs = int(ctx.config.get("dense_epochs", ctx.config.epochs))
+    total = epochs * ctx.steps_per_epoch
+    if rewind_step(ctx) > total:
+        raise ValueError(f"rewind_step={rewind_step(ctx)} is beyond the dense run's {total} steps ({epochs} epochs × "
+                         f"{ctx.steps_per_epoch}): θ_k would never be saved; choose rewind_step ≤ {total}")
 
     def epoch(c: loop.Context, state: loop.RunState, e: int):
         k = rewind_step(c)
