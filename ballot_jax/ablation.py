@@ -110,6 +110,20 @@ def choose(results: Mapping[str, Any], baselines: Sequence[str] = BASELINES) -> 
     return {"chosen": chosen, "qualifying": qualifying, "reason": reason, "scores": scores}
 
 
+def choose_across(choices: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One default for several protocols (``{protocol: choose(results)}``), still on validation only.
+
+    Among the variants that qualify in every protocol, the lowest mean over the protocols of the
+    validation unfairness ratio of :func:`choose`. Returns ``{"chosen", "qualifying", "mean_ratio"}``.
+    """
+    names = [set(c["scores"]) for c in choices.values()]
+    common = set.intersection(*names) if names else set()
+    qualifying = sorted(n for n in common if all(c["scores"][n]["qualifies"] for c in choices.values()))
+    mean_ratio = {n: float(np.mean([c["scores"][n]["unfairness_ratio"] for c in choices.values()])) for n in common}
+    chosen = min(qualifying, key=lambda n: mean_ratio[n]) if qualifying else None
+    return {"chosen": chosen, "qualifying": qualifying, "mean_ratio": mean_ratio}
+
+
 def _fmt(x: float, scale: float = 100.0, digits: int = 2) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x * scale:.{digits}f}"
 
