@@ -60,3 +60,26 @@ def user_errors() -> Iterator[None]:
         if _DEBUG.value:
             raise
         _fail(f"{one_line(e)} (--debug shows the traceback)")
+
+
+def run_job(config, workdir: str) -> tuple[dict, list[str]]:
+    """Logging to ``<workdir>/run.log``, progress bars, then :func:`ballot_jax.experiment.run`.
+
+    A work directory holding another configuration is a one-line error (exit 2).
+    """
+    import logging
+    import os
+
+    from ballot_jax import experiment
+
+    experiment.setup_logging(workdir)
+    logging.getLogger("ballot_jax.run").info("command: %s", " ".join(sys.argv))
+    print(f"work directory: {os.path.abspath(workdir)}  (log: {os.path.join(workdir, experiment.RUN_LOG)})",
+          flush=True)
+    progress = experiment.StageProgress(enabled=bool(config.progress))
+    try:
+        return experiment.run(config, workdir, progress=progress)
+    except experiment.WorkdirConflictError as e:
+        _fail(str(e))
+    finally:
+        progress.close()

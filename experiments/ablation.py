@@ -61,16 +61,8 @@ def main(argv: list[str]) -> None:
     config.methods = ",".join(names)
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = _WORKDIR.value or experiment.default_workdir(config, overrides) + "_ablation"
-    experiment.setup_logging(workdir)
-    print(f"work directory: {os.path.abspath(workdir)}", flush=True)
-    progress = experiment.StageProgress(enabled=bool(config.progress))
     t0 = time.perf_counter()
-    try:
-        results, _ = experiment.run(config, workdir, progress=progress)
-    except experiment.WorkdirConflictError as e:
-        sys.exit(f"error: {e}")
-    finally:
-        progress.close()
+    results, _ = cli.run_job(config, workdir)
     text = ablation.ablation_markdown(results)
     with open(os.path.join(workdir, "ablation.md"), "w") as f:
         f.write(f"# Ablation: {config.name}:{config.variant}\n\n{text}")

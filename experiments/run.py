@@ -13,9 +13,7 @@ All logic lives in :mod:`ballot_jax.experiment` and :mod:`ballot_jax.report`.
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import time
 
 from absl import app, flags
@@ -41,18 +39,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
     overrides = config_flags.get_override_values(FLAGS["config"])
     workdir = _WORKDIR.value or experiment.default_workdir(config, overrides)
-    experiment.setup_logging(workdir)
-    logging.getLogger("ballot_jax.run").info("command: %s", " ".join(sys.argv))
-    print(f"work directory: {os.path.abspath(workdir)}  (log: {os.path.join(workdir, experiment.RUN_LOG)})",
-          flush=True)
-    progress = experiment.StageProgress(enabled=bool(config.progress))
     t0 = time.perf_counter()
-    try:
-        results, paths = experiment.run(config, workdir, progress=progress)
-    except experiment.WorkdirConflictError as e:
-        sys.exit(f"error: {e}")
-    finally:
-        progress.close()
+    results, paths = cli.run_job(config, workdir)
     print()
     from ballot_jax import report
     if config.sweep:

@@ -94,20 +94,19 @@ def test_run_quickstart_writes_every_output(quickstart_run) -> None:
     assert "ballot_jax.loop" in log_text and "retrain" in log_text
 
 
-def test_changed_setting_in_same_workdir_is_refused(run_module, quickstart_run) -> None:
+def test_changed_setting_in_same_workdir_is_refused(run_module, quickstart_run, capsys) -> None:
     workdir, _, _ = quickstart_run
-    with pytest.raises(SystemExit, match="epochs: 1 -> 2"):
+    with pytest.raises(SystemExit) as exit_info:
         _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.epochs=2"])
+    assert exit_info.value.code == 2 and "epochs: 1 -> 2" in capsys.readouterr().err
 
 
 def test_rerun_skips_finished_runs(run_module, quickstart_run) -> None:
     """Rerunning the same command skips every finished run and rewrites the same numbers."""
     workdir, _, first = quickstart_run
     before = json.load(open(os.path.join(workdir, "results.json")))
-    t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.plots=False"])
-    assert time.perf_counter() - t0 < first
     again = json.load(open(os.path.join(workdir, "results.json")))
     assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in before["runs"]]
     assert "finished earlier, skipping" in open(os.path.join(workdir, "run.log")).read()
