@@ -78,8 +78,8 @@ def run_all(devices, method_names):
         }
     out["seconds"] = time.perf_counter() - t0
     out["compiles"] = {"train": ctx.train_step._cache_size(), "eval": ctx.eval_step._cache_size(),
-                       "gradient_pass": ctx._cache["ballot_gradient_pass"]._cache_size()
-                       if "ballot_gradient_pass" in ctx._cache else None}
+                       "gradient_pass": sum(f._cache_size() for k, f in ctx._cache.items()
+                                            if str(k).startswith("ballot_gradient_pass")) or None}
     return out
 
 
