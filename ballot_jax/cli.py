@@ -74,6 +74,8 @@ def run_job(config, workdir: str) -> tuple[dict, list[str]]:
 
     experiment.setup_logging(workdir)
     logging.getLogger("ballot_jax.run").info("command: %s", " ".join(sys.argv))
+    cache = experiment.use_compilation_cache(config.get("compilation_cache_dir"))
+    logging.getLogger("ballot_jax.run").info("compilation cache: %s", cache or "off")
     print(f"work directory: {os.path.abspath(workdir)}  (log: {os.path.join(workdir, experiment.RUN_LOG)})",
           flush=True)
     progress = experiment.StageProgress(enabled=bool(config.progress))

@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.fs_schedule = placeholder(str)  # FairScratch: (None: schedule)
     # --- scale-out --------------------------------------------------------------------------------
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    c.compilation_cache_dir = "~/.cache/ballot_jax/xla"  # persistent XLA compilation cache of experiments/*.py ("": off)
     c.data_parallel = True  # split batches over all devices when there are several (ballot_jax.parallel)
     # --- reporting --------------------------------------------------------------------------------
     c.progress = True  # tqdm progress bars per stage
