@@ -183,7 +183,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
     results: dict[str, Any] = {
         "config": config.to_dict(),
         "task": {"num_classes": task.num_classes, "num_groups": task.num_groups, "class_names": list(task.class_names),
-                 "group_names": list(task.group_names), "info": _jsonable(task.info)},
+                 "group_names": list(task.group_names), "info": loop.jsonable(task.info)},
         "methods": names,
         "dense": [],
         "runs": [],
@@ -260,18 +260,6 @@ def _write_results(workdir: str, results: Mapping[str, Any]) -> None:
     _write_json(os.path.join(workdir, RESULTS), deterministic)
 
 
-def _jsonable(x: Any) -> Any:
-    try:
-        json.dumps(x)
-        return x
-    except TypeError:
-        if isinstance(x, dict):
-            return {str(k): _jsonable(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [_jsonable(v) for v in x]
-        return str(x)
-
-
 # ---------------------------------------------------------------------------------------------
 # The command-line job: work directory, saved config, logging, progress bars, comparison, sweep
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +315,7 @@ def default_workdir(config: Any, overrides: Mapping[str, Any] | None = None, roo
         parts.append("sweep" + "-".join(f"{s:g}" for s in sweep))
     relevant = {k: v for k, v in sorted((overrides or {}).items()) if k.split(".")[0] not in NEUTRAL_KEYS}
     if relevant:
-        digest = hashlib.sha1(json.dumps(_jsonable(relevant), sort_keys=True).encode()).hexdigest()[:8]
+        digest = hashlib.sha1(json.dumps(loop.jsonable(relevant), sort_keys=True).encode()).hexdigest()[:8]
         parts.append(digest)
     return os.path.join(root, "_".join(parts))
 
@@ -342,7 +330,7 @@ def config_conflicts(saved: Mapping[str, Any], config: Mapping[str, Any]) -> dic
     for key in sorted(set(saved) & set(config)):
         if key in NEUTRAL_KEYS:
             continue
-        a, b = (json.loads(json.dumps(_jsonable(x))) for x in (saved.get(key), config.get(key)))  # tuples → lists
+        a, b = (json.loads(json.dumps(loop.jsonable(x))) for x in (saved.get(key), config.get(key)))  # tuples → lists
         if a != b:
             out[key] = (a, b)
     return out
@@ -357,7 +345,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, CONFIG_JSON)
-    current = _jsonable(config.to_dict())
+    current = loop.jsonable(config.to_dict())
     if os.path.exists(path):
         diff = config_conflicts(_load_json(path), current)
         if diff:

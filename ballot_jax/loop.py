@@ -16,11 +16,10 @@ is carried that a restore could get wrong.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax
@@ -112,13 +111,6 @@ class Context:
             n = max(epochs * self.steps_per_epoch, 1)
             self._cache[key] = train.learning_rates(train.make_schedule(self.opt, n), n)
         return self._cache[key]
-
-    def rng(self, *tags: int) -> jax.Array:
-        """A key that depends only on the seed and the given integer tags."""
-        key = jax.random.PRNGKey(self.seed)
-        for t in tags:
-            key = jax.random.fold_in(key, t)
-        return key
 
     def cached(self, name: str, factory: Callable[[], Any]) -> Any:
         """A per-context cache for compiled helpers that stages share."""
@@ -352,11 +344,11 @@ def run_stages(
         info = dict(info)
         # Wall times go to their own list so the log (and results.json) is deterministic.
         timing = {k: info.pop(k) for k in list(info) if k.endswith("seconds")}
-        entry.update(_jsonable(info))
+        entry.update(jsonable(info))
         meta["log"].append(entry)
         if timing:
             meta.setdefault("timings", []).append({**{k: entry[k] for k in ("stage", "phase", "epoch") if k in entry},
-                                                   **_jsonable(timing)})
+                                                   **jsonable(timing)})
         log.info("%s %s %s", run_name, entry, timing or "")
 
     while meta["stage"] < len(stages):
@@ -403,13 +395,16 @@ def check_mask_integrity(state: RunState, where: str) -> dict[str, Any]:
     return {"nonzero_masked_weights": 0, "sparsity": masks.sparsity(state.train.mask)}
 
 
-def _jsonable(x: Any) -> Any:
-    """Host Python values for JSON: arrays → lists/floats, tuples → lists."""
+def jsonable(x: Any) -> Any:
+    """Host Python values for JSON: mappings → dicts with str keys, tuples → lists, arrays →
+    lists/numbers; any other non-JSON object → its ``str``."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (jax.Array, np.ndarray, np.generic)):
         a = np.asarray(x)
         return a.item() if a.ndim == 0 else a.tolist()
-    return x
+    if x is None or isinstance(x, (str, bool, int, float)):
+        return x
+    return str(x)

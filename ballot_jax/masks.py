@@ -334,14 +334,31 @@ def layer_densities(mask: Mask, density: float, distribution: str) -> PyTree:
     return fn(mask, density)
 
 
-def random_mask(key: jax.Array, mask: Mask, quotas: PyTree) -> Mask:
-    """A random mask keeping exactly ``quotas[l]`` weights of each prunable layer."""
-    leaves = prunable_leaves(mask, mask)
-    keys = list(jax.random.split(key, max(len(leaves), 1)))
-    scores = _unflatten_prunable(
-        mask, [jax.random.uniform(k, jnp.shape(m)) for k, m in zip(keys, leaves)]
-    )
-    return topk_per_layer(scores, quotas)
+def distribution_quotas(mask: Mask, density: float, distribution: str) -> tuple[PyTree, PyTree]:
+    """``(densities, quotas)`` of a named distribution (``uniform``/``erk``) reaching ``density``
+    overall exactly (largest-remainder rounding, :func:`quotas_from_densities`)."""
+    densities = layer_densities(mask, density, distribution)
+    return densities, quotas_from_densities(mask, densities, total_density=density)
+
+
+def uniform_scores(mask: Mask, seed_words: Sequence[int]) -> PyTree:
+    """Mask-shaped float32 uniforms in [0, 1), drawn on the host by NumPy from ``seed_words``.
+
+    Deterministic for given words (e.g. (seed, tag, step)); nothing to compile, unlike a
+    per-layer ``jax.random`` draw. The one source of randomness of every random mask or score.
+    """
+    rng = np.random.default_rng([int(w) & 0xFFFFFFFF for w in seed_words])
+    return map_prunable(lambda m: jnp.asarray(rng.random(np.shape(m), dtype=np.float32)), mask)
+
+
+def random_mask(mask: Mask, quotas: PyTree, seed_words: Sequence[int]) -> Mask:
+    """A uniformly random mask keeping exactly ``quotas[l]`` weights of every prunable layer."""
+    return topk_per_layer(uniform_scores(mask, seed_words), quotas)
+
+
+def none_like(tree: PyTree) -> PyTree:
+    """A tree of ``None`` shaped like ``tree`` (an "all kept, nothing prunable" mask)."""
+    return jax.tree.map(lambda _: None, tree)
 
 
 def to_numpy(mask: Mask) -> dict[str, np.ndarray]:

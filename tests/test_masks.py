@@ -107,10 +107,10 @@ def test_random_mask_matches_densities_of_another_mask():
     params = _params()
     m = masks.init_mask(params)
     ref = masks.global_magnitude_mask(params, m, 0.25)
-    rnd = masks.random_mask(jax.random.PRNGKey(3), m, masks.quotas_of(ref))
+    rnd = masks.random_mask(m, masks.quotas_of(ref), (3,))
     assert masks.count(rnd)["layers"] == masks.count(ref)["layers"]
     assert not masks.masks_equal(rnd, ref)
-    again = masks.random_mask(jax.random.PRNGKey(3), m, masks.quotas_of(ref))
+    again = masks.random_mask(m, masks.quotas_of(ref), (3,))
     assert masks.masks_equal(rnd, again)
 
 

@@ -109,8 +109,7 @@ def ticket_mask(ctx: loop.Context, params: Any, structure: masks.Mask, quotas: s
     density = common.target_density(ctx)
     if quotas == "magnitude":
         return masks.global_magnitude_mask(params, structure, density)
-    dens = masks.layer_densities(structure, density, quotas)
-    k = masks.quotas_from_densities(structure, dens, total_density=density)
+    k = masks.distribution_quotas(structure, density, quotas)[1]
     return masks.topk_per_layer(masks.magnitude_scores(params, structure), k)
 
 

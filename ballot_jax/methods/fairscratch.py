@@ -71,7 +71,6 @@ import numpy as np
 
 from ballot_jax import loop, masks, train
 from ballot_jax.methods import Method, common, register
-from ballot_jax.methods.random import host_uniform
 
 FS_TAG = 21  # data order and rng tag
 INITS = ("model", "kaiming_normal", "signed_constant", "scaled_signed_constant")
@@ -173,7 +172,7 @@ def frozen_weights(ctx: loop.Context, params: Any, mask: masks.Mask, kind: str, 
 
 def initial_scores(mask: masks.Mask, seed_words) -> Any:
     """Scores ~ U(−1/sqrt(fan_in), 1/sqrt(fan_in)) on prunable kernels, ``None`` elsewhere."""
-    u = host_uniform(mask, seed_words)
+    u = masks.uniform_scores(mask, seed_words)
     return masks.map_prunable(lambda m, x: (2.0 * x - 1.0) / math.sqrt(_fan_in(m.shape)), mask, u)
 
 
@@ -206,7 +205,7 @@ def make_score_step(apply_fn, tx, num_groups: int, kind: str, lam: float):
                 lambda m, p, x: p if m is None else jnp.where(m, p, jnp.zeros_like(p)) + p * (x - jax.lax.stop_gradient(x)),
                 ts.mask, weights, a, is_leaf=lambda x: x is None,
             )
-            logits, stats = train.forward(apply_fn, eff, ts.batch_stats, _none_tree(eff), batch["image"], True)
+            logits, stats = train.forward(apply_fn, eff, ts.batch_stats, masks.none_like(eff), batch["image"], True)
             losses = train.example_losses(logits, batch["label"])
             ce = jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0)
             fair = fairness_surrogate(losses, logits, batch["label"], batch["group"], w, num_groups, kind)
@@ -227,10 +226,6 @@ def make_score_step(apply_fn, tx, num_groups: int, kind: str, lam: float):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
-def _none_tree(tree: Any) -> Any:
-    return jax.tree.map(lambda _: None, tree)
-
-
 # ---------------------------------------------------------------------------------------------
 # Method
 # ---------------------------------------------------------------------------------------------
@@ -243,8 +238,7 @@ def _cache_key(what: str, s: Mapping[str, Any]) -> str:
 
 def _quotas(ctx: loop.Context, dense_mask: masks.Mask, distribution: str) -> Any:
     density = common.target_density(ctx)
-    dens = masks.layer_densities(dense_mask, density, distribution)
-    return dens, masks.quotas_from_densities(dense_mask, dens, total_density=density)
+    return masks.distribution_quotas(dense_mask, density, distribution)
 
 
 def _initial_state(ctx: loop.Context, state0: loop.RunState) -> loop.RunState:

@@ -4,7 +4,7 @@ One stage after the shared dense run (REFERENCE §4):
 
 ``retrain`` — compute the global-magnitude ticket of θ_T only for its per-layer kept counts
 k_l, draw a mask keeping exactly k_l uniformly random weights of each prunable layer (a NumPy
-draw seeded by the run's seed alone, see :func:`draw_mask`), rewind to θ0 (or θ_k) and train ``retrain_epochs``
+draw seeded by the run's seed alone, see :func:`ballot_jax.masks.random_mask`), rewind to θ0 (or θ_k) and train ``retrain_epochs``
 (= ``epochs``) epochs with the mask enforced, on the same data order as every other method's
 retraining. It isolates what the *choice* of weights buys at a fixed layer-wise allocation.
 
@@ -15,10 +15,8 @@ total still exactly ``round(density · N)``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
-import jax.numpy as jnp
-import numpy as np
 
 from ballot_jax import loop, masks
 from ballot_jax.methods import Method, common, register
@@ -28,21 +26,6 @@ RANDOM_TAG = 31  # seed word of the mask draw
 
 
 
-def host_uniform(mask: masks.Mask, seed_words: Sequence[int]) -> Any:
-    """Mask-shaped float32 uniforms in [0, 1), drawn on the host by NumPy from ``seed_words``.
-
-    Deterministic for given words (e.g. (seed, tag, step)); nothing to compile, unlike a
-    per-layer ``jax.random`` draw. Shared by the baselines that need random masks or scores.
-    """
-    rng = np.random.default_rng([int(w) & 0xFFFFFFFF for w in seed_words])
-    return masks.map_prunable(lambda m: jnp.asarray(rng.random(np.shape(m), dtype=np.float32)), mask)
-
-
-def draw_mask(mask: masks.Mask, quotas: Any, seed_words: Sequence[int]) -> masks.Mask:
-    """A uniformly random mask keeping exactly ``quotas[l]`` weights of every prunable layer."""
-    return masks.topk_per_layer(host_uniform(mask, seed_words), quotas)
-
-
 def random_quotas(ctx: loop.Context, state: loop.RunState, kind: str) -> Any:
     """Per-layer kept counts k_l of the random mask (a tree of ints shaped like the mask)."""
     density = common.target_density(ctx)
@@ -50,8 +33,7 @@ def random_quotas(ctx: loop.Context, state: loop.RunState, kind: str) -> Any:
         return masks.quotas_of(common.magnitude_ticket(ctx, state, density))
     if kind not in QUOTAS:
         raise ValueError(f"unknown random_quotas {kind!r}; valid: {list(QUOTAS)}")
-    dens = masks.layer_densities(state.train.mask, density, kind)
-    return masks.quotas_from_densities(state.train.mask, dens, total_density=density)
+    return masks.distribution_quotas(state.train.mask, density, kind)[1]
 
 
 def _initial_state(ctx: loop.Context, dense: loop.RunState) -> loop.RunState:
@@ -65,7 +47,7 @@ def _stages(ctx: loop.Context) -> list[loop.Stage]:
 
     def begin(c: loop.Context, state: loop.RunState):
         quotas = random_quotas(c, state, kind)
-        mask = draw_mask(state.train.mask, quotas, (c.seed, RANDOM_TAG))
+        mask = masks.random_mask(state.train.mask, quotas, (c.seed, RANDOM_TAG))
         return common.rewind_to(c, state, mask), common.with_mask_info(mask, quotas=kind)
 
     return [common.train_stage("retrain", common.retrain_epochs(ctx), common.RETRAIN_TAG, begin=begin)]

@@ -61,7 +61,6 @@ from optax import tree_utils as otu
 
 from ballot_jax import loop, masks, train
 from ballot_jax.methods import Method, common, register
-from ballot_jax.methods.random import draw_mask, host_uniform
 
 SC_TAG = 20  # data order and rng tag
 DISTRIBUTIONS = ("erk", "uniform")
@@ -142,10 +141,6 @@ def select_candidate(candidates: Sequence[Mapping[str, Any]], metric: str = "cwv
     return min(eligible, key=key)
 
 
-def _none_tree(tree: Any) -> Any:
-    return jax.tree.map(lambda _: None, tree)
-
-
 def propose(params, mask, grow_scores, quotas, fraction, drop_noise, candidate):
     """One candidate mask update (pure, jittable; every argument may be traced).
 
@@ -192,7 +187,7 @@ def make_sparse_step(apply_fn, tx):
 
         def loss_fn(params):
             # Pruned params are exactly 0, so the unmasked forward equals the masked one.
-            logits, stats = train.forward(apply_fn, params, ts.batch_stats, _none_tree(params), batch["image"], True)
+            logits, stats = train.forward(apply_fn, params, ts.batch_stats, masks.none_like(params), batch["image"], True)
             losses = train.example_losses(logits, batch["label"])
             return jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0), (losses, logits, stats)
 
@@ -226,11 +221,10 @@ def _make_commit(tx):
 def initial_mask(ctx: loop.Context, params: Any, dense_mask: masks.Mask, s: Mapping[str, Any]) -> masks.Mask:
     """The starting sparse mask at the target density (exact per-layer quotas)."""
     density = common.target_density(ctx)
-    dens = masks.layer_densities(dense_mask, density, s["distribution"])
-    quotas = masks.quotas_from_densities(dense_mask, dens, total_density=density)
+    quotas = masks.distribution_quotas(dense_mask, density, s["distribution"])[1]
     if s["init"] == "magnitude":
         return masks.topk_per_layer(masks.magnitude_scores(params, dense_mask), quotas)
-    return draw_mask(dense_mask, quotas, (ctx.seed, SC_TAG))
+    return masks.random_mask(dense_mask, quotas, (ctx.seed, SC_TAG))
 
 
 def _initial_state(ctx: loop.Context, state0: loop.RunState) -> loop.RunState:
@@ -257,8 +251,8 @@ def _mask_update(c: loop.Context, ts: train.TrainState, grow_source: Any, quotas
     commit = c.cached("safecompress_commit", lambda: _make_commit(c.tx))
     proposals, tested = [], []
     for i in range(s["candidates"]):
-        noise = host_uniform(ts.mask, (c.seed, SC_TAG, t, i, 0))
-        grow = host_uniform(ts.mask, (c.seed, SC_TAG, t, i, 1)) if s["growth"] == "random" else grow_source
+        noise = masks.uniform_scores(ts.mask, (c.seed, SC_TAG, t, i, 0))
+        grow = masks.uniform_scores(ts.mask, (c.seed, SC_TAG, t, i, 1)) if s["growth"] == "random" else grow_source
         new_mask, survivors = prop(ts.params, ts.mask, grow, quotas, jnp.float32(frac), noise, jnp.int32(i))
         proposals.append((new_mask, survivors))
         if s["candidates"] > 1:

@@ -275,8 +275,8 @@ def test_propose_keeps_quotas_and_grows_by_gradient(env):
     grads = _host_normal(ts.mask, 3)
     for i in range(3):
         for growth in ("gradient", "random"):
-            gs = safecompress.host_uniform(ts.mask, (9, i)) if growth == "random" else grads
-            noise = safecompress.host_uniform(ts.mask, (0, i))
+            gs = masks.uniform_scores(ts.mask, (9, i)) if growth == "random" else grads
+            noise = masks.uniform_scores(ts.mask, (0, i))
             new, surv = safecompress.propose_jit(ts.params, ts.mask, gs, q, jnp.float32(0.3), noise, jnp.int32(i))
             assert list(layer_counts(new).values()) == masks.prunable_leaves(quotas, ts.mask)
             for m, s, n, k in zip(*(masks.prunable_leaves(t, ts.mask) for t in (ts.mask, surv, new, quotas))):
@@ -285,7 +285,7 @@ def test_propose_keeps_quotas_and_grows_by_gradient(env):
                 assert s.sum() == k - math.floor(0.3 * k)
     # Candidate 0 is plain RigL: drops the smallest magnitudes, grows the largest |gradient|.
     new, surv = safecompress.propose_jit(ts.params, ts.mask, grads, q, jnp.float32(0.3),
-                                         safecompress.host_uniform(ts.mask, (0,)), jnp.int32(0))
+                                         masks.uniform_scores(ts.mask, (0,)), jnp.int32(0))
     for p, m, s, n, g in zip(*(masks.prunable_leaves(t, ts.mask) for t in (ts.params, ts.mask, surv, new, grads))):
         p, m, s, n, g = map(np.asarray, (p, m, s, n, g))
         dropped = m & ~s
@@ -308,7 +308,7 @@ def test_mask_update_keeps_fairest_candidate(env, monkeypatch):
         monkeypatch.setattr(safecompress.loop, "evaluate", lambda c, t, split: next(results))
         new_ts, record = safecompress._mask_update(ctx, ts, grads, q, 6, 0.3, s)
         assert record["chosen"] == expected and record["candidates"] == tested
-        noise = safecompress.host_uniform(ts.mask, (ctx.seed, safecompress.SC_TAG, 6, expected, 0))
+        noise = masks.uniform_scores(ts.mask, (ctx.seed, safecompress.SC_TAG, 6, expected, 0))
         want, surv = safecompress.propose_jit(ts.params, ts.mask, grads, q, jnp.float32(0.3), noise, jnp.int32(expected))
         assert masks.masks_equal(new_ts.mask, want)
         assert masks.zero_violations(new_ts.params, surv) == 0  # grown (and regrown) weights start at 0
