@@ -14,13 +14,12 @@ Stages after the shared dense run (REFERENCE §3):
    the learning-rate schedule restarted (``"trained"``: learning-rate rewinding), trained
    ``epochs`` epochs with the mask enforced (the same budget every method gets).
 
-Config keys (all optional): ``criterion`` (``gradient``), ``vote_trajectory``, ``retrain_from``,
+Config keys (defaults in :func:`ballot_jax.config.base_config`): ``criterion``, ``vote_trajectory``, ``retrain_from``,
 ``band`` (``magnitude_veto``'s band, a fraction of k_l), ``vote_epochs`` (default ``epochs``),
 ``vote_source`` (``"pass"``: a gradient pass over the vote data at the post-epoch weights, the
 prototype's semantics; ``"train_steps"``: (a, f) summed over the epoch's own train steps, no extra
-pass), ``vote_data`` (``"val"`` or ``"train"``, for ``pass``), ``eta`` (1.0), ``score``
-(``abs``/``signed``, for ``gradient``), ``quotas`` (``magnitude``/``uniform``/``erk``), ``acc_floor``
-(0.05), ``diag_batches`` (batches used for the per-group cosine diagnostic; 0 turns it off),
+pass), ``vote_data`` (``"val"`` or ``"train"``, for ``pass``), ``eta``, ``score`` (``abs``/``signed``, for
+``gradient``), ``quotas`` (``magnitude``/``uniform``/``erk``), ``acc_floor``, ``diag_batches`` (batches used for the per-group cosine diagnostic; 0 turns it off),
 ``diag_max_groups`` (skip that diagnostic above this many groups: it costs G backward passes),
 ``vote_interval_steps`` (``train_steps`` only: a vote round every N steps instead of once per
 epoch; steps left over at the end of an epoch form one more round).
@@ -40,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ballot_jax import config as config_lib
 from ballot_jax import conflicts, loop, masks
 from ballot_jax.methods import Method, common, register
 
@@ -48,7 +48,7 @@ VOTE_DATA = ("val", "train")
 QUOTAS = ("magnitude", "uniform", "erk")
 TRAJECTORIES = ("ticket", "dense")
 RETRAIN_FROM = ("rewind_point", "trained")
-DEFAULT_CRITERION = "gradient"
+_DEFAULTS = config_lib.base_config()  # the one home of every default (a config without a key gets it)
 # Options a method-name variant (ballot:taylor:dense) may set, each with its valid values.
 VARIANT_OPTIONS = {"criterion": tuple(conflicts.CRITERIA), "vote_trajectory": TRAJECTORIES,
                    "retrain_from": RETRAIN_FROM}
@@ -56,21 +56,22 @@ VARIANT_OPTIONS = {"criterion": tuple(conflicts.CRITERIA), "vote_trajectory": TR
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved Ballot options of ``ctx.config``, validated (only ``ctx.config`` is read)."""
+    d = _DEFAULTS
     s = {
-        "criterion": str(common.option(ctx, "criterion", DEFAULT_CRITERION)),
-        "vote_trajectory": str(common.option(ctx, "vote_trajectory", "ticket")),
-        "retrain_from": str(common.option(ctx, "retrain_from", "rewind_point")),
-        "band": float(common.option(ctx, "band", 0.1)),
+        "criterion": str(common.option(ctx, "criterion", d.criterion)),
+        "vote_trajectory": str(common.option(ctx, "vote_trajectory", d.vote_trajectory)),
+        "retrain_from": str(common.option(ctx, "retrain_from", d.retrain_from)),
+        "band": float(common.option(ctx, "band", d.band)),
         "vote_epochs": int(common.option(ctx, "vote_epochs", ctx.config.epochs)),
-        "vote_source": str(common.option(ctx, "vote_source", "pass")),
-        "vote_data": str(common.option(ctx, "vote_data", "val")),
-        "eta": float(common.option(ctx, "eta", 1.0)),
-        "score": str(common.option(ctx, "score", "abs")),
-        "quotas": str(common.option(ctx, "quotas", "magnitude")),
-        "acc_floor": float(common.option(ctx, "acc_floor", 0.05)),
-        "diag_batches": int(common.option(ctx, "diag_batches", 2)),
-        "diag_max_groups": int(common.option(ctx, "diag_max_groups", 32)),
-        "vote_interval_steps": int(common.option(ctx, "vote_interval_steps", 0)),
+        "vote_source": str(common.option(ctx, "vote_source", d.vote_source)),
+        "vote_data": str(common.option(ctx, "vote_data", d.vote_data)),
+        "eta": float(common.option(ctx, "eta", d.eta)),
+        "score": str(common.option(ctx, "score", d.score)),
+        "quotas": str(common.option(ctx, "quotas", d.quotas)),
+        "acc_floor": float(common.option(ctx, "acc_floor", d.acc_floor)),
+        "diag_batches": int(common.option(ctx, "diag_batches", d.diag_batches)),
+        "diag_max_groups": int(common.option(ctx, "diag_max_groups", d.diag_max_groups)),
+        "vote_interval_steps": int(common.option(ctx, "vote_interval_steps", d.vote_interval_steps)),
     }
     conflicts.get_criterion(s["criterion"])
     for key, valid in (("vote_source", VOTE_SOURCES), ("vote_data", VOTE_DATA), ("quotas", QUOTAS),
