@@ -52,6 +52,14 @@ def on_validation(results: Mapping[str, Any]) -> dict[str, Any]:
     return {"methods": results.get("methods"), "runs": runs, "skipped": skipped}
 
 
+def subset(results: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The results of ``names`` only (and the dense runs), e.g. one comparison out of an ablation."""
+    out = dict(results)
+    out["methods"] = list(names)
+    out["runs"] = [r for r in results.get("runs", []) if r["method"] in names]
+    return out
+
+
 def variants(results: Mapping[str, Any]) -> list[str]:
     """The Ballot variants of a results dict, in their configured order."""
     return [n for n in report.method_order(results) if report.is_ours(n)]

@@ -47,3 +47,8 @@ def test_validation_metrics_missing_are_counted():
     r = {"runs": [{"method": "lth", "seed": 0, "log": []}]}
     assert ablation.validation_metrics(r["runs"][0]) is None
     assert ablation.on_validation(r)["skipped"] == 1
+
+
+def test_subset_keeps_one_comparison():
+    sub = ablation.subset(_results(), ["ballot:b", "lth"])
+    assert sub["methods"] == ["ballot:b", "lth"] and {r["method"] for r in sub["runs"]} == {"ballot:b", "lth"}
