@@ -20,10 +20,10 @@ Example (runs on a CPU in a few seconds)::
     model = Net()
     theta0 = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
     result = ballot_jax.select_subnetwork(model.apply, theta0, split(256), split(64),
-                                          sparsity=0.8, dense_epochs=2, vote_epochs=2,
-                                          batch_size=32, return_details=True)
+                                          sparsity=0.8, criterion="taylor", dense_epochs=2,
+                                          vote_epochs=2, batch_size=32, return_details=True)
     mask = result.mask           # pytree shaped like the params: bool leaves / None
-    print(result.sparsity, result.diagnostics[-1]["val_accuracy"])
+    print(result.sparsity, result.ticket_share_kept, result.diagnostics[-1]["val_accuracy"])
 
 The lower-level pieces are public too, for people who bring their own loop:
 :func:`ballot_jax.conflicts.accuracy_fairness_gradients` (a, f from one vjp),
