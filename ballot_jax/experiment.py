@@ -116,7 +116,7 @@ def run_dense(ctx: loop.Context, variables: dict, workdir: str) -> tuple[loop.Ru
               "seconds": time.perf_counter() - t0, "log": meta["log"]}
     if not result["plateau"]["reached"]:
         log.warning("seed %d: the dense model has not reached a plateau (%s): fairness comparisons of its tickets "
-                    "may be noise; train longer (dense_epochs)", ctx.seed, result["plateau"])
+                    "may be noise; train longer (dense_epochs, or the config's :bench variant)", ctx.seed, result["plateau"])
     _write_json(result_path, result)
     return state, result
 
