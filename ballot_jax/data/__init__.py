@@ -1,4 +1,4 @@
-"""Data for ballot_jax: tasks (label + groups), deterministic resumable batch pipelines.
+"""Data for ballot_jax: tasks (label + groups), deterministic, reproducible batch pipelines.
 
 Entry point: :func:`load_task` (config keys documented in
 :mod:`ballot_jax.data.tasks`). Batches are dicts ``{"image": f32[B,H,W,C] in

@@ -1,4 +1,4 @@
-"""Deterministic, resumable batch iteration over image classification splits.
+"""Deterministic, reproducible batch iteration over image classification splits.
 
 Two interchangeable implementations of the :class:`Split` protocol:
 
@@ -28,14 +28,17 @@ yields ``jax.Array`` on the device holding the data; with a
 ``jax.sharding.Sharding`` every batch is placed with
 ``jax.device_put(batch, sharding)``.
 
-Determinism and resumption
---------------------------
+Determinism
+-----------
 The order of an epoch is ``epoch_order(n, seed, epoch, shuffle)`` and the
 augmentation parameters of the example at position ``i`` of that order are
 ``augment_params(n, seed, epoch, pad)[..][i]``; both are pure functions of
-``(seed, epoch)`` computed with numpy. Batch ``k`` holds positions
-``k*B .. (k+1)*B-1``, so ``start_batch=k`` reproduces batches ``k, k+1, ...``
-exactly (a checkpoint only stores ``(epoch, batch index)``). Because all three
+``(seed, epoch)`` computed with numpy, so an epoch is reproduced exactly from
+its number alone. The training loop (:mod:`ballot_jax.loop`) relies on this:
+it checkpoints after every epoch, stores no position inside an epoch, and a
+resumed run redoes an interrupted epoch from batch 0. Batch ``k`` holds positions
+``k*B .. (k+1)*B-1``, so ``start_batch=k`` yields exactly batches ``k, k+1, ...``
+of the full epoch, for callers that want part of an epoch. Because all three
 paths share these two functions, host, device and grain-streamed batches of
 the same data are identical for the same ``(seed, epoch)``, augmentation
 included (the device path draws no ``jax.random`` numbers; it receives the
@@ -79,7 +82,7 @@ _AUGMENT_STREAM = 1
 
 @runtime_checkable
 class Split(Protocol):
-    """One split of a task: deterministic, resumable iteration over batches."""
+    """One split of a task: deterministic iteration over batches, reproducible per ``(seed, epoch)``."""
 
     num_examples: int
 
