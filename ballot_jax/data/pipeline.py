@@ -55,9 +55,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from absl import flags
 
 Batch = dict  # {"image": f32[B,H,W,C] in [0,1], "label": i32[B], "group": i32[B], "weight": f32[B]}
 
@@ -458,12 +461,28 @@ class _Collate:
         }
 
 
-def _ensure_absl_flags_parsed() -> None:
-    """grain's worker processes read absl flags; outside an absl app nobody parsed them."""
-    from absl import flags  # pylint: disable=import-outside-toplevel
+def _check_worker_flags(worker_count: int, flag_values: flags.FlagValues | None = None) -> None:
+    """Refuses grain worker processes while the absl flags are unparsed; this library never parses them.
 
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
+    grain 0.2.18's ``mp_prefetch`` reads the absl flag
+    ``--grain_enable_multiprocess_worker_profiling`` without a fallback when JAX
+    is installed (google/grain#1355, fixed after 0.2.18), so it fails outside an
+    absl app. Parsing flags belongs to the program's entry point:
+    ``experiments/*.py`` run under ``absl.app.run``, which parses them.
+    ``flag_values`` defaults to ``absl.flags.FLAGS`` (only read).
+    """
+    if worker_count <= 0:
+        return
+    if flag_values is None:
+        from absl import flags as absl_flags  # pylint: disable=import-outside-toplevel
+
+        flag_values = absl_flags.FLAGS
+    if not flag_values.is_parsed():
+        raise RuntimeError(
+            f"worker_count={worker_count} needs the absl flags parsed (grain 0.2.18's mp_prefetch reads one, "
+            "google/grain#1355); "
+            "run under absl.app.run, call absl.flags.FLAGS(sys.argv) in your entry point, or use worker_count=0"
+        )
 
 
 class SourceSplit:
@@ -481,7 +500,9 @@ class SourceSplit:
         to take the first N examples of a larger source.
       image_key: feature name of the image.
       worker_count: grain worker processes (``mp_prefetch``); default 0 = read
-        in the calling process, the sensible choice on a 2-core machine.
+        in the calling process, the sensible choice on a 2-core machine. Above
+        0 the absl flags must be parsed by the program (``absl.app.run`` does;
+        see :func:`_check_worker_flags`), else a ``RuntimeError`` is raised here.
       read_threads: threads that build batches in the calling (or each worker)
         process; each thread builds whole batches.
       prefetch: batches buffered ahead per process.
@@ -514,6 +535,7 @@ class SourceSplit:
         self.image_size = int(image_size)
         self.image_key = image_key
         self.worker_count = int(worker_count)
+        _check_worker_flags(self.worker_count)
         self.read_threads = int(read_threads)
         self.prefetch = int(prefetch)
         self.name = name
@@ -539,7 +561,6 @@ class SourceSplit:
             grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch if self.read_threads else 0)
         )
         if self.worker_count > 0:
-            _ensure_absl_flags_parsed()
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
         return it
 

@@ -1,4 +1,4 @@
-"""Tests of ballot_jax.data.pipeline: determinism, resumption, padding, path agreement."""
+"""Tests of ballot_jax.data.pipeline: determinism, start_batch, padding, path agreement."""
 
 from __future__ import annotations
 
@@ -199,8 +199,41 @@ def test_source_split_resizes_like_materialized(data):
     np.testing.assert_array_equal(sub.materialize().images, memory.images[5:9])
 
 
+@pytest.fixture
+def absl_flags_parsed():
+    """Parses the absl flags as a program's entry point would (absl.app.run), and undoes it after."""
+    from absl import flags
+
+    was_parsed = flags.FLAGS.is_parsed()
+    if not was_parsed:
+        flags.FLAGS(["test"])
+    yield
+    if not was_parsed:
+        flags.FLAGS.unparse_flags()
+
+
+def test_worker_processes_need_parsed_flags_and_the_library_never_parses_them(data):
+    from absl import flags
+
+    from ballot_jax.data import pipeline
+
+    unparsed, parsed = flags.FlagValues(), flags.FlagValues()
+    parsed(["prog"])
+    with pytest.raises(RuntimeError, match=r"worker_count=2 needs the absl flags parsed.*worker_count=0"):
+        pipeline._check_worker_flags(2, unparsed)
+    pipeline._check_worker_flags(2, parsed)
+    pipeline._check_worker_flags(0, unparsed)
+    assert not unparsed.is_parsed()
+    before = flags.FLAGS.is_parsed()
+    images, labels, groups = data
+    split = SourceSplit([{"image": im} for im in images], labels, groups, image_size=SIZE)
+    _epoch(split)
+    split.materialize()
+    assert flags.FLAGS.is_parsed() == before
+
+
 @pytest.mark.slow
-def test_source_split_with_worker_process(data):
+def test_source_split_with_worker_process(data, absl_flags_parsed):
     """worker_count>0 (grain mp_prefetch) yields the same batches as in-process reading.
 
     Slow and out of the default run: it forks worker processes from a process whose JAX runtime
