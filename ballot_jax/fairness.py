@@ -42,14 +42,13 @@ __all__ = [
 ]
 
 _COUNT_DTYPE = jnp.int32
+EXCLUDED_EXAMPLES = 10  # reasons kept in equalized_odds_excluded (the count is kept in full)
 
 
 # ---------------------------------------------------------------------------
 # Device side: accumulating counts
 # ---------------------------------------------------------------------------
 
-
-EXCLUDED_EXAMPLES = 10  # reasons kept in equalized_odds_excluded (the count is kept in full)
 
 def init_counts(num_groups: int, num_classes: int) -> jnp.ndarray:
     """Returns an all-zero int32 count tensor of shape ``[num_groups, num_classes, num_classes]``.
@@ -195,6 +194,26 @@ def metrics_from_counts(
       ValueError: on a malformed tensor, wrong number of names, a bad
         ``positive_label``, or an empty group (``n_g == 0``), naming the group.
     """
+    c = _validated_counts(counts)
+    num_groups, num_classes, _ = c.shape
+    names = _group_names(group_names, num_groups)
+    named = group_names is not None
+    n_g = c.sum(axis=(1, 2))
+    _check_no_empty_group(n_g, names, named)
+    out: dict[str, Any] = {
+        "num_groups": int(num_groups),
+        "num_classes": int(num_classes),
+        "num_samples": int(n_g.sum()),
+        "group_names": names,
+    }
+    out.update(_accuracy_metrics(c, n_g, names))
+    if num_classes >= 2:
+        out.update(_rate_metrics(c, n_g, names, named, positive_label))
+    return out
+
+
+def _validated_counts(counts: Any) -> np.ndarray:
+    """The ``[G, C, C]`` count tensor as int64 numpy; raises on a malformed one."""
     c = np.asarray(jax.device_get(counts))
     if c.ndim != 3 or c.shape[1] != c.shape[2]:
         raise ValueError(
@@ -204,42 +223,34 @@ def metrics_from_counts(
         raise ValueError(f"counts must be an integer tensor; got dtype {c.dtype}.")
     if (c < 0).any():
         raise ValueError("counts contains negative entries; it must hold sample counts.")
-    c = c.astype(np.int64)
-    num_groups, num_classes, _ = c.shape
-    names = _group_names(group_names, num_groups)
+    return c.astype(np.int64)
 
-    n_g = c.sum(axis=(1, 2))
-    for g in range(num_groups):
-        if n_g[g] == 0:
-            raise ValueError(
-                f"group {_describe(g, names, group_names is not None)} has no samples (n_g == 0), "
-                "so its accuracy is undefined. Every group id in "
-                f"[0, {num_groups}) must occur in the evaluated data: check the split / "
-                "evaluation set, or choose a grouping whose groups are all present "
-                "(drop or merge this group and renumber the ids)."
-            )
 
+def _check_no_empty_group(n_g: np.ndarray, names: list[str], named: bool) -> None:
+    """Raises naming the first group without samples: its accuracy (and so every group metric) is undefined."""
+    empty = np.flatnonzero(n_g == 0)
+    if empty.size:
+        raise ValueError(
+            f"group {_describe(int(empty[0]), names, named)} has no samples (n_g == 0), "
+            "so its accuracy is undefined. Every group id in "
+            f"[0, {len(n_g)}) must occur in the evaluated data: check the split / "
+            "evaluation set, or choose a grouping whose groups are all present "
+            "(drop or merge this group and renumber the ids)."
+        )
+
+
+def _accuracy_metrics(c: np.ndarray, n_g: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Overall and per-group accuracy, lowest class recall, CWV, MCD, worst/best group, accuracy frame."""
     correct_g = np.trace(c, axis1=1, axis2=2)
-    total = int(n_g.sum())
-    acc = float(correct_g.sum() / total)
+    acc = float(correct_g.sum() / int(n_g.sum()))
     acc_g = correct_g / n_g
-    worst = int(np.argmin(acc_g))
-    best = int(np.argmax(acc_g))
     per_group_acc = [float(a) for a in acc_g]
-    n_c = c.sum(axis=(0, 2))
-    correct_c = np.einsum("gcc->c", c)
-    # Recall of each class present (NaN-free: absent classes are left out of the minimum).
-    min_class_recall = float(np.min(correct_c[n_c > 0] / n_c[n_c > 0])) if (n_c > 0).any() else 0.0
-
-    out: dict[str, Any] = {
-        "num_groups": int(num_groups),
-        "num_classes": int(num_classes),
-        "num_samples": total,
-        "group_names": names,
+    worst, best = int(np.argmin(acc_g)), int(np.argmax(acc_g))
+    return {
         "accuracy": acc,
         "per_group_accuracy": per_group_acc,
         "per_group_count": [int(n) for n in n_g],
-        "min_class_recall": min_class_recall,
+        "min_class_recall": _min_class_recall(c),
         "cwv": float(np.mean((acc_g - acc) ** 2)),
         "mcd": float(acc_g[best] - acc_g[worst]),
         "worst_group_accuracy": float(acc_g[worst]),
@@ -255,47 +266,67 @@ def metrics_from_counts(
         },
     }
 
-    if num_classes < 2:
-        return out
-    if num_classes == 2:
-        pos = _check_positive_label(positive_label, num_classes)
-        classes = [pos]
-    else:
-        classes = list(range(num_classes))
 
+def _min_class_recall(c: np.ndarray) -> float:
+    """The lowest recall over the classes present (absent classes are left out; 0.0 if none)."""
+    n_c = c.sum(axis=(0, 2))
+    correct_c = np.einsum("gcc->c", c)
+    present = n_c > 0
+    return float(np.min(correct_c[present] / n_c[present])) if present.any() else 0.0
+
+
+def _one_vs_rest_rates(c: np.ndarray, n_g: np.ndarray, k: int) -> tuple[list[float], list[float | None],
+                                                                         list[float | None]]:
+    """Per-group selection rate, TPR and FPR with ``k`` as the positive class (``None``: undefined)."""
+    num_groups = len(n_g)
+    pred_k = c[:, :, k].sum(axis=1)  # [G] predicted k
+    pos_k = c[:, k, :].sum(axis=1)  # [G] truly k
+    neg_k = n_g - pos_k
+    tp = c[:, k, k]
+    fp = pred_k - tp
+    sel = [float(s) for s in pred_k / n_g]
+    tpr = [float(tp[g] / pos_k[g]) if pos_k[g] > 0 else None for g in range(num_groups)]
+    fpr = [float(fp[g] / neg_k[g]) if neg_k[g] > 0 else None for g in range(num_groups)]
+    return sel, tpr, fpr
+
+
+def _eo_exclusions(tpr: list[float | None], fpr: list[float | None], k: int, names: list[str],
+                   named: bool) -> list[str]:
+    """Why each group is left out of the TPR / FPR term of positive class ``k`` (one line per exclusion)."""
+    excluded = []
+    for g, (t, f) in enumerate(zip(tpr, fpr)):
+        who = _describe(g, names, named)
+        if t is None:
+            excluded.append(
+                f"group {who} has no samples with true label {k}: TPR undefined, "
+                f"excluded from the TPR term for positive class {k}"
+            )
+        if f is None:
+            excluded.append(
+                f"group {who} has no samples with true label != {k}: FPR undefined, "
+                f"excluded from the FPR term for positive class {k}"
+            )
+    return excluded
+
+
+def _rate_metrics(c: np.ndarray, n_g: np.ndarray, names: list[str], named: bool,
+                  positive_label: int) -> dict[str, Any]:
+    """Demographic-parity and equalized-odds differences (with their exclusions); binary: per-group rates."""
+    num_classes = c.shape[1]
+    binary = num_classes == 2
+    classes = [_check_positive_label(positive_label, num_classes)] if binary else list(range(num_classes))
+    out: dict[str, Any] = {}
     dp = tpr_diff = fpr_diff = 0.0
     excluded: list[str] = []
-    show_names = group_names is not None
     for k in classes:
-        pred_k = c[:, :, k].sum(axis=1)  # [G] predicted k
-        pos_k = c[:, k, :].sum(axis=1)  # [G] truly k
-        neg_k = n_g - pos_k
-        tp = c[:, k, k]
-        fp = pred_k - tp
-        sel = pred_k / n_g
-        tpr = [float(tp[g] / pos_k[g]) if pos_k[g] > 0 else None for g in range(num_groups)]
-        fpr = [float(fp[g] / neg_k[g]) if neg_k[g] > 0 else None for g in range(num_groups)]
-        for g in range(num_groups):
-            who = _describe(g, names, show_names)
-            if tpr[g] is None:
-                excluded.append(
-                    f"group {who} has no samples with true label {k}: TPR undefined, "
-                    f"excluded from the TPR term for positive class {k}"
-                )
-            if fpr[g] is None:
-                excluded.append(
-                    f"group {who} has no samples with true label != {k}: FPR undefined, "
-                    f"excluded from the FPR term for positive class {k}"
-                )
-        dp = max(dp, _spread([float(s) for s in sel]))
+        sel, tpr, fpr = _one_vs_rest_rates(c, n_g, k)
+        excluded += _eo_exclusions(tpr, fpr, k, names, named)
+        dp = max(dp, _spread(sel))
         tpr_diff = max(tpr_diff, _spread([t for t in tpr if t is not None]))
         fpr_diff = max(fpr_diff, _spread([f for f in fpr if f is not None]))
-        if num_classes == 2:
-            out["positive_label"] = int(k)
-            out["per_group_selection_rate"] = [float(s) for s in sel]
-            out["per_group_true_positive_rate"] = tpr
-            out["per_group_false_positive_rate"] = fpr
-
+        if binary:
+            out.update(positive_label=int(k), per_group_selection_rate=sel, per_group_true_positive_rate=tpr,
+                       per_group_false_positive_rate=fpr)
     out["demographic_parity_difference"] = dp
     out["true_positive_rate_difference"] = tpr_diff
     out["false_positive_rate_difference"] = fpr_diff
