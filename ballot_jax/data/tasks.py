@@ -35,7 +35,9 @@ in_memory         ``"auto"``          hold splits as ArraySplits (True), stream 
                                       from disk with grain (False), or decide by size
                                       (``"auto"``: in memory if all three splits at
                                       ``image_size`` as uint8 fit in
-                                      ``in_memory_max_mb``)
+                                      ``in_memory_max_mb``); the strings true / false /
+                                      auto / 1 / 0 (any case) work too, as a command
+                                      line gives them
 in_memory_max_mb  ``2048``            threshold for ``in_memory="auto"``
 data_on_device    ``False``           place in-memory splits on the device (implies
                                       in memory): jitted gather + augmentation
@@ -64,7 +66,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -81,6 +83,7 @@ __all__ = [
     "load_task",
     "task_from_sources",
     "group_ids",
+    "in_memory_choice",
 ]
 
 CIFAR10_CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -454,18 +457,35 @@ def _scan(source: Sequence[Mapping[str, Any]], indices: np.ndarray,
     return out
 
 
+_IN_MEMORY_WORDS: dict[str, bool | Literal["auto"]] = {"true": True, "1": True, "false": False, "0": False, "auto": "auto"}
+
+
+def in_memory_choice(value: Any) -> bool | Literal["auto"]:
+    """``in_memory`` as ``True``, ``False`` or ``"auto"``; also from the strings a command line gives.
+
+    ``--config.in_memory=False`` arrives as the string ``"False"`` (the default
+    ``"auto"`` makes the field a string), so the strings true / false / auto /
+    1 / 0 are accepted in any case; anything else is a ``ValueError``.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _IN_MEMORY_WORDS:
+        return _IN_MEMORY_WORDS[value.strip().lower()]
+    raise ValueError(f"in_memory={value!r} is not a valid choice; valid: True, False, 'auto' "
+                     "(or the strings true, false, auto, 1, 0 in any case)")
+
+
 def _use_memory(config: Any, sizes: Sequence[int], image_size: int) -> bool:
-    in_memory = _get(config, "in_memory")
+    """Whether the splits are held in memory (``in_memory``, ``data_on_device``, ``in_memory_max_mb``)."""
+    in_memory = in_memory_choice(_get(config, "in_memory"))
     if bool(_get(config, "data_on_device")):
         if in_memory is False:
             raise ValueError("data_on_device=True needs the data in memory; in_memory=False contradicts it")
         return True
-    if in_memory == "auto" or in_memory is None:
+    if in_memory == "auto":
         total = sum(pipeline.estimated_bytes(n, image_size) for n in sizes)
         return total <= float(_get(config, "in_memory_max_mb")) * 2**20
-    if isinstance(in_memory, (bool, np.bool_)):
-        return bool(in_memory)
-    raise ValueError(f"in_memory must be True, False or 'auto', got {in_memory!r}")
+    return bool(in_memory)
 
 
 def _progress_logger(what: str) -> Callable[[int, int], None]:
@@ -506,6 +526,7 @@ def task_from_sources(
     if spec.builder is None:
         raise ValueError(f"{dataset!r} is embedded; use load_task")
     resolved = _resolve(spec, _get(config, "label"), _get(config, "groups"))
+    in_memory_choice(_get(config, "in_memory"))  # a bad value is an error before the scan
     image_size = int(_get(config, "image_size") or spec.default_image_size)
     attr_names: dict[str, tuple[str, ...]] = {}
     for key, attr in spec.attributes.items():
@@ -665,6 +686,7 @@ def load_task(config: Any) -> TaskData:
     """
     spec = _spec(str(_get(config, "dataset")))
     resolved = _resolve(spec, _get(config, "label"), _get(config, "groups"))
+    in_memory_choice(_get(config, "in_memory"))  # a bad value is an error before any data is read
     if spec.builder is None:
         return _load_quickstart(config, spec, resolved)
     builder, extra = _ensure_prepared(spec, config)

@@ -177,6 +177,48 @@ def test_in_memory_choices_give_same_batches():
         task_from_sources("cifar10_s", src, _cfg(data_on_device=True, in_memory=False))
 
 
+@pytest.mark.parametrize("value, want", [
+    (True, True), (False, False), ("auto", "auto"), (np.bool_(False), False),
+    ("true", True), ("True", True), ("TRUE", True), ("1", True),
+    ("false", False), ("False", False), (" FALSE ", False), ("0", False), ("Auto", "auto"),
+])
+def test_in_memory_choice_accepts_bools_and_their_strings(value, want):
+    assert tasks.in_memory_choice(value) == want and type(tasks.in_memory_choice(value)) is type(want)
+
+
+@pytest.mark.parametrize("value", ["yes", "", "memory", None, 2, 1.0])
+def test_in_memory_choice_refuses_anything_else(value):
+    with pytest.raises(ValueError, match=r"in_memory=.* is not a valid choice; valid: True, False, 'auto'"):
+        tasks.in_memory_choice(value)
+    with pytest.raises(ValueError, match="not a valid choice"):  # before any data is read
+        load_task(_cfg(dataset="utk_face", in_memory=value, data_dir="/nonexistent"))
+
+
+def test_in_memory_from_command_line_flags():
+    """``--config.in_memory=False`` reaches the task as the string "False" and streams."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    def parsed(arg: str) -> ml_collections.ConfigDict:
+        flag_values = flags.FlagValues()  # not the global FLAGS
+        config = ml_collections.ConfigDict({**tasks.DEFAULTS, "image_size": 8})
+        argv = ["prog", f"--config.in_memory={arg}"]
+        config_flags.DEFINE_config_dict("config", config, flag_values=flag_values, sys_argv=argv)
+        flag_values(argv)
+        return flag_values.config
+
+    src = fake_cifar10s()
+    storage = {}
+    for arg in ("False", "false", "0", "True", "1", "auto"):
+        config = parsed(arg)
+        assert config.in_memory == arg  # a string: the field's default "auto" is one
+        storage[arg] = task_from_sources("cifar10_s", src, config).info["storage"]["train"]
+    assert storage == {"False": "stream", "false": "stream", "0": "stream", "True": "memory-host",
+                       "1": "memory-host", "auto": "memory-host"}
+    with pytest.raises(ValueError, match=r"in_memory='no' is not a valid choice"):
+        task_from_sources("cifar10_s", src, parsed("no"))
+
+
 class _FakeBuilder:
     """Mimics the parts of a TFDS builder load_task uses."""
 
