@@ -8,8 +8,8 @@ and ``ballot_jax.data.prepare`` are imported only when a TFDS dataset is loaded.
 """
 
 from ballot_jax.data.pipeline import ArraySplit, Batch, SourceSplit, Split
-from ballot_jax.data.quickstart import load_quickstart, quickstart_arrays
-from ballot_jax.data.tasks import DataNotFoundError, TaskData, load_task, task_from_sources
+from ballot_jax.data.quickstart import quickstart_arrays
+from ballot_jax.data.tasks import DataNotFoundError, TaskData, load_quickstart, load_task, task_from_sources
 
 __all__ = [
     "ArraySplit",

@@ -33,7 +33,6 @@ import functools
 import gzip
 import importlib.util
 import os
-from typing import Any
 
 import numpy as np
 
@@ -42,7 +41,6 @@ __all__ = [
     "QUICKSTART_COLOR_NAMES",
     "load_digits_arrays",
     "quickstart_arrays",
-    "load_quickstart",
 ]
 
 QUICKSTART_CLASS_NAMES: list[str] = [str(d) for d in range(10)]
@@ -177,29 +175,3 @@ def quickstart_arrays(
         "digit_index": np.concatenate([idx, idx]).astype(np.int32),
     }
     return out
-
-
-def load_quickstart(
-    *,
-    groups: str = "classes",
-    image_size: int = 16,
-    data_on_device: bool = False,
-    seed: int = 0,
-    **config: Any,
-):
-    """The quickstart task as a :class:`~ballot_jax.data.tasks.TaskData` of ArraySplits.
-
-    Shorthand for ``load_task(ConfigDict(dataset="quickstart", ...))``; extra
-    keyword arguments are further config keys (e.g. ``color_fraction``,
-    ``train_limit``). ``groups="color"`` or ``"classes*color"`` exposes the
-    colour skew; the default ``"classes"`` is the paper's setting.
-    """
-    import ml_collections  # pylint: disable=import-outside-toplevel
-
-    from ballot_jax.data.tasks import load_task  # pylint: disable=import-outside-toplevel
-
-    cfg = ml_collections.ConfigDict(
-        dict(dataset="quickstart", groups=groups, image_size=image_size, data_on_device=data_on_device,
-             data_seed=seed, **config)
-    )
-    return load_task(cfg)

@@ -70,7 +70,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ballot_jax.data import pipeline
+from ballot_jax.data import pipeline, quickstart
 from ballot_jax.data.pipeline import ArraySplit, SourceSplit, Split
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ __all__ = [
     "DATASET_SPECS",
     "DEFAULTS",
     "load_task",
+    "load_quickstart",
     "task_from_sources",
     "group_ids",
     "in_memory_choice",
@@ -205,7 +206,7 @@ def _make_specs() -> dict[str, DatasetSpec]:
     return {
         "quickstart": DatasetSpec(
             "quickstart", None, ("label",),
-            {"label": _class_attr(10, [str(d) for d in range(10)], "digit 0-9"), "color": color}, "label", 16),
+            {"label": _class_attr(10, quickstart.QUICKSTART_CLASS_NAMES, "digit 0-9"), "color": color}, "label", 16),
         "utk_face": DatasetSpec("utk_face", "utk_face", ("race", "gender", "age_bins"), utk, "race", 64),
         "celeb_a": DatasetSpec("celeb_a", "celeb_a_manual", CELEB_A_ATTRIBUTES, celeb, "Smiling", 64),
         "cifar10_s": DatasetSpec(
@@ -413,10 +414,8 @@ def _labels_groups(resolved: _Resolved, values: Mapping[str, np.ndarray],
 
 
 def _load_quickstart(config: Any, spec: DatasetSpec, resolved: _Resolved) -> TaskData:
-    from ballot_jax.data.quickstart import quickstart_arrays  # pylint: disable=import-outside-toplevel
-
     image_size = int(_get(config, "image_size") or spec.default_image_size)
-    arrays = quickstart_arrays(
+    arrays = quickstart.quickstart_arrays(
         image_size=image_size, seed=int(_get(config, "data_seed")),
         color_fraction=float(_get(config, "color_fraction")),
         val_fraction=float(_get(config, "val_fraction")), test_fraction=float(_get(config, "test_fraction")),
@@ -696,3 +695,19 @@ def load_task(config: Any) -> TaskData:
     extra["skipped"] = _read_skipped(builder)
     return task_from_sources(spec.name, sources, config, label_sources=label_sources,
                              feature_names=_builder_feature_names(builder), extra_info=extra)
+
+
+def load_quickstart(*, seed: int | None = None, **config: Any) -> TaskData:
+    """The quickstart task (:mod:`ballot_jax.data.quickstart`): :func:`load_task` with ``dataset="quickstart"``.
+
+    Keyword arguments are config keys of :data:`DEFAULTS` (e.g. ``groups="color"``
+    or ``"classes*color"`` to expose the colour skew, ``data_on_device=True``,
+    ``train_limit=100``); ``seed`` is ``data_seed``. An unknown key is a ValueError.
+    """
+    valid = [k for k in DEFAULTS if k != "dataset"]
+    unknown = sorted(set(config) - set(valid))
+    if unknown:
+        raise ValueError(f"load_quickstart: unknown config key(s) {', '.join(unknown)}; valid: seed, {', '.join(valid)}")
+    if seed is not None:
+        config["data_seed"] = seed
+    return load_task({**config, "dataset": "quickstart"})

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from ballot_jax.data import ArraySplit, load_quickstart, load_task, quickstart_arrays
 from ballot_jax.data.quickstart import load_digits_arrays
@@ -68,3 +72,24 @@ def test_load_task_quickstart():
     assert isinstance(b["image"], jax.Array)
     np.testing.assert_array_equal(np.asarray(b["group"]), np.asarray(b["label"]) * 2 + 0)  # colour versions first
     assert load_quickstart().group_names == [str(d) for d in range(10)]
+
+
+def test_load_quickstart_refuses_unknown_keys():
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) grups; valid: seed, label, groups"):
+        load_quickstart(grups="color")
+    with pytest.raises(ValueError, match="unknown config key\\(s\\) dataset"):
+        load_quickstart(dataset="utk_face")
+
+
+def test_quickstart_data_does_not_import_tasks():
+    """The arrays module sits below tasks: no import of tasks (or of the package) from it."""
+    from ballot_jax.data import quickstart
+
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(quickstart))):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+            imported.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+    assert not {m for m in imported if m.startswith("ballot_jax")}, imported
