@@ -39,12 +39,24 @@ import numpy as np
 __all__ = [
     "QUICKSTART_CLASS_NAMES",
     "QUICKSTART_COLOR_NAMES",
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_SEED",
+    "DEFAULT_COLOR_FRACTION",
+    "DEFAULT_VAL_FRACTION",
+    "DEFAULT_TEST_FRACTION",
     "load_digits_arrays",
     "quickstart_arrays",
 ]
 
 QUICKSTART_CLASS_NAMES: list[str] = [str(d) for d in range(10)]
 QUICKSTART_COLOR_NAMES: list[str] = ["color", "gray"]
+# The defaults of quickstart_arrays (and so of the data config keys image_size, data_seed,
+# color_fraction, val_fraction and test_fraction for the quickstart; see tasks.DEFAULTS).
+DEFAULT_IMAGE_SIZE = 16
+DEFAULT_SEED = 0
+DEFAULT_COLOR_FRACTION = 0.95
+DEFAULT_VAL_FRACTION = 0.1
+DEFAULT_TEST_FRACTION = 0.3
 _NUM_DIGITS = 1797
 
 
@@ -124,11 +136,11 @@ def _skewed_gray_mask(labels: np.ndarray, color_fraction: float, rng: np.random.
 
 def quickstart_arrays(
     *,
-    image_size: int = 16,
-    seed: int = 0,
-    color_fraction: float = 0.95,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.3,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    seed: int = DEFAULT_SEED,
+    color_fraction: float = DEFAULT_COLOR_FRACTION,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> dict[str, dict[str, np.ndarray]]:
     """The quickstart splits as arrays.
 

@@ -4,55 +4,12 @@
 :class:`~ballot_jax.data.pipeline.Split` objects (train / val / test).
 
 Config keys (``ml_collections.ConfigDict`` or a plain dict; other keys are
-ignored, so the training config can be passed whole):
-
-================  ==================  ===============================================
-key               default             meaning
-================  ==================  ===============================================
-dataset           ``"quickstart"``    quickstart | utk_face | celeb_a | cifar10_s |
-                                      cifar100 | tiny_imagenet
-label             per dataset         attribute used as the class label: utk_face:
-                                      race (default) | gender | age_bins; celeb_a: any
-                                      of the 40 attributes (default ``Smiling``);
-                                      cifar10_s / cifar100 / tiny_imagenet /
-                                      quickstart: ``label`` (cifar100 also
-                                      ``coarse_label``)
-groups            ``"classes"``       ``"classes"`` (group = label, the paper's
-                                      default), an attribute name (``race``,
-                                      ``gender``, ``age_bins``, ``color``, ``Male``,
-                                      ``coarse_label``...) or ``"classes*ATTR"``
-                                      (group = label * n_ATTR + ATTR)
-image_size        per dataset         output side length: quickstart 16, cifar10_s
-                                      and cifar100 32, tiny_imagenet / utk_face /
-                                      celeb_a 64 (non-square images are centre-
-                                      cropped to a square, then resized bilinearly)
-data_dir          ``None``            TFDS data dir (None: TFDS's default,
-                                      ``~/tensorflow_datasets`` or $TFDS_DATA_DIR)
-manual_dir        ``None``            where the downloaded archives are (None:
-                                      ``<data_dir>/downloads/manual``)
-prepare           ``True``            prepare a missing dataset from manual_dir
-in_memory         ``"auto"``          hold splits as ArraySplits (True), stream them
-                                      from disk with grain (False), or decide by size
-                                      (``"auto"``: in memory if all three splits at
-                                      ``image_size`` as uint8 fit in
-                                      ``in_memory_max_mb``); the strings true / false /
-                                      auto / 1 / 0 (any case) work too, as a command
-                                      line gives them
-in_memory_max_mb  ``2048``            threshold for ``in_memory="auto"``
-data_on_device    ``False``           place in-memory splits on the device (implies
-                                      in memory): jitted gather + augmentation
-worker_count      ``0``               grain worker processes of streamed splits (0:
-                                      read in the training process; right for 2
-                                      cores)
-read_threads      ``2``               grain reader threads of streamed splits
-train_limit       ``None``            keep only the first N examples (in stored
-val_limit                             order) of that split, for benchmarks and smoke
-test_limit                            runs; None keeps all
-data_seed         ``0``               quickstart only: seed of its split/rendering
-color_fraction    ``0.95``            quickstart only: colour share of digits 0-4
-val_fraction      ``0.1``             quickstart only (the TFDS builders come with a
-test_fraction     ``0.3``             fixed validation split)
-================  ==================  ===============================================
+ignored, so the training config can be passed whole): :data:`DEFAULTS` lists
+every one with its default and meaning, and is the only home of those defaults
+(:func:`ballot_jax.config.base_config`, a layer above, takes its data keys from
+it; a test checks that they agree). A key the config lacks takes its
+:data:`DEFAULTS` value; ``label`` and ``image_size`` of ``None`` are the
+dataset's own (``default_label`` / ``default_image_size`` in :data:`DATASET_SPECS`).
 
 The train / val / test splits are the builders' ``train`` / ``validation`` /
 ``test`` splits. Batches: see :mod:`ballot_jax.data.pipeline` (images
@@ -103,25 +60,47 @@ CELEB_A_ATTRIBUTES = (
 )
 
 DEFAULTS: dict[str, Any] = {
+    # quickstart | utk_face | celeb_a | cifar10_s | cifar100 | tiny_imagenet
     "dataset": "quickstart",
+    # attribute used as the class label (None: the dataset's default); utk_face: race | gender | age_bins;
+    # celeb_a: any of the 40 attributes; cifar100: label | coarse_label; the others: label
     "label": None,
+    # "classes" (group = label, the paper's default), an attribute (race, gender, age_bins, color,
+    # Male, coarse_label...) or "classes*ATTR" (group = label * n_ATTR + ATTR)
     "groups": "classes",
+    # output side length (None: the dataset's default); non-square images are centre-cropped, then
+    # resized bilinearly
     "image_size": None,
+    # TFDS data dir (None: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)
     "data_dir": None,
+    # where the downloaded archives are (None: <data_dir>/downloads/manual)
     "manual_dir": None,
+    # prepare a missing dataset from manual_dir
     "prepare": True,
+    # hold the splits as ArraySplits (True), stream them with grain (False) or decide by size ("auto":
+    # in memory if all three splits at image_size as uint8 fit in in_memory_max_mb); the strings
+    # true / false / auto / 1 / 0 (any case) work too, as a command line gives them
     "in_memory": "auto",
+    # size limit of in_memory="auto"
     "in_memory_max_mb": 2048,
+    # place in-memory splits on the device (implies in memory): jitted gather + augmentation
     "data_on_device": False,
+    # grain worker processes of streamed splits (0: read in the training process, right for 2 cores;
+    # above 0 the program must have parsed its absl flags, see ballot_jax.data.pipeline.SourceSplit)
     "worker_count": 0,
+    # grain reader threads of streamed splits
     "read_threads": 2,
+    # keep only the first N examples (in stored order) of that split, for benchmarks and smoke runs;
+    # None keeps all
     "train_limit": None,
     "val_limit": None,
     "test_limit": None,
-    "data_seed": 0,
-    "color_fraction": 0.95,
-    "val_fraction": 0.1,
-    "test_fraction": 0.3,
+    # quickstart only: seed of its split and rendering, colour share of digits 0-4, validation and test
+    # shares (the TFDS builders come with fixed splits)
+    "data_seed": quickstart.DEFAULT_SEED,
+    "color_fraction": quickstart.DEFAULT_COLOR_FRACTION,
+    "val_fraction": quickstart.DEFAULT_VAL_FRACTION,
+    "test_fraction": quickstart.DEFAULT_TEST_FRACTION,
 }
 
 _SPLITS = (("train", "train"), ("val", "validation"), ("test", "test"))  # (TaskData field, stored split)
@@ -206,7 +185,8 @@ def _make_specs() -> dict[str, DatasetSpec]:
     return {
         "quickstart": DatasetSpec(
             "quickstart", None, ("label",),
-            {"label": _class_attr(10, quickstart.QUICKSTART_CLASS_NAMES, "digit 0-9"), "color": color}, "label", 16),
+            {"label": _class_attr(10, quickstart.QUICKSTART_CLASS_NAMES, "digit 0-9"), "color": color}, "label",
+            quickstart.DEFAULT_IMAGE_SIZE),
         "utk_face": DatasetSpec("utk_face", "utk_face", ("race", "gender", "age_bins"), utk, "race", 64),
         "celeb_a": DatasetSpec("celeb_a", "celeb_a_manual", CELEB_A_ATTRIBUTES, celeb, "Smiling", 64),
         "cifar10_s": DatasetSpec(

@@ -64,6 +64,15 @@ def _all(split, key: str) -> np.ndarray:
     return np.concatenate(out)
 
 
+def test_base_config_data_keys_are_the_task_defaults():
+    """tasks.DEFAULTS is the one home of the data defaults; the experiment config must agree with it."""
+    from ballot_jax import config
+
+    base = config.base_config()
+    assert {k: base[k] for k in tasks.DEFAULTS if k in base} == tasks.DEFAULTS
+    assert load_task(None).info["image_size"] == tasks.DATASET_SPECS["quickstart"].default_image_size
+
+
 def test_group_ids_constructed_example():
     labels = np.array([0, 1, 2, 1])
     attr = np.array([1, 0, 1, 1])
