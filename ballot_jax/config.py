@@ -11,8 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 from ml_collections import config_dict
+from ml_collections.config_flags import config_path
 
-from ballot_jax import masks
+from ballot_jax import masks, train
 
 placeholder = config_dict.placeholder
 
@@ -60,68 +61,79 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_stem = False  # never prune the first convolution
     c.keep_head = False  # never prune the classifier
     # --- training budget (the same for every method) --------------------------------------------
-    c.epochs = 10  # retraining epochs after a mask is chosen
+    c.retrain_epochs = 10  # epochs every method trains its chosen mask (the retraining budget)
     c.dense_epochs = 10  # epochs of the shared dense run
     c.batch_size = 32  # training batch size
     c.eval_batch_size = 256  # evaluation batch size
     c.rewind_step = 0  # 0: rewind to θ0; k > 0: late rewinding to θ_k
     # --- optimiser (paper prototype: SGD 0.1, momentum 0.9, wd 2e-4, ×0.1 at 40/60/80%) ---------
-    c.optimizer = "sgd"  # sgd | adam | adamw
-    c.learning_rate = 0.1  # peak learning rate
-    c.momentum = 0.9  # SGD momentum
-    c.weight_decay = 2e-4  # L2 weight decay
-    c.nesterov = False  # Nesterov momentum
-    c.schedule = "step"  # step | cosine | warmup_cosine | constant | warmup_constant (restarts per stage)
-    c.decay_boundaries = (0.4, 0.6, 0.8)  # fractions of a stage where the "step" schedule decays
-    c.decay_factor = 0.1  # multiplier at each "step" boundary
-    c.warmup_fraction = 0.0  # share of a stage spent warming up (warmup_* schedules)
-    # --- Ballot ---------------------------------------------------------------------------------
+    opt = train.OptimizerConfig()  # the one home of the optimiser defaults
+    c.optimizer = opt.optimizer  # sgd | adam | adamw
+    c.learning_rate = opt.learning_rate  # peak learning rate
+    c.momentum = opt.momentum  # SGD momentum
+    c.weight_decay = opt.weight_decay  # L2 weight decay
+    c.nesterov = opt.nesterov  # Nesterov momentum
+    c.schedule = opt.schedule  # step | cosine | warmup_cosine | constant | warmup_constant (restarts per stage)
+    c.decay_boundaries = opt.decay_boundaries  # fractions of a stage where the "step" schedule decays
+    c.decay_factor = opt.decay_factor  # multiplier at each "step" boundary
+    c.warmup_fraction = opt.warmup_fraction  # share of a stage spent warming up (warmup_* schedules)
+    # --- Ballot (config.ballot) -------------------------------------------------------------------
     # The default Ballot (criterion, trajectory, retraining) was chosen on the validation split of the
-    # :bench ablations (docs/method.md); the paper's setting is criterion="gradient",
-    # vote_trajectory="ticket", retrain_from="rewind_point".
-    c.criterion = "taylor"  # Ballot: selection criterion, gradient | taylor | magnitude_veto | group_balanced | prototype
-    c.vote_trajectory = "dense"  # Ballot: votes on the masked ticket's retraining ("ticket") or the dense net trained on ("dense")
-    c.retrain_from = "trained"  # Ballot: retrain the mask from θ0/θ_k ("rewind_point") or θ_T ("trained": lr rewinding)
-    c.band = 0.1  # Ballot, magnitude_veto: half-width of the re-ranked band around each cut-off, a fraction of k_l
-    c.vote_epochs = placeholder(int)  # Ballot: epochs of the ticket trajectory, one vote round after each (None: epochs)
-    c.vote_source = "pass"  # Ballot: "pass" (a gradient pass over vote_data per vote) or "train_steps"
-    c.vote_data = "val"  # Ballot: split the vote gradients are taken on, "val" or "train"
-    c.eta = 1.0  # Ballot: weight η of the fairness gradient in s = â + η·f̂
-    c.score = "abs"  # Ballot: "abs" |â + η f̂| or "signed" â + η f̂
-    c.quotas = "magnitude"  # Ballot: per-layer kept counts, magnitude | uniform | erk
-    c.acc_floor = 0.05  # Ballot: floor on acc_g in the fairness weights w_g = 1/acc_g
-    c.diag_batches = 2  # Ballot: batches for the per-group conflict diagnostic (0: off)
-    c.diag_max_groups = 32  # Ballot: skip that diagnostic above this many groups
-    c.vote_interval_steps = 0  # Ballot, train_steps source: a vote round every N steps (0: per epoch)
-    # --- baselines --------------------------------------------------------------------------------
-    c.magnitude_schedule = "oneshot"  # Magnitude: "oneshot" or "gradual"
-    c.magnitude_gradual_epochs = placeholder(int)  # Magnitude, gradual: epochs to reach the target (None: epochs)
-    c.random_quotas = "magnitude"  # Random: per-layer counts from the magnitude ticket | uniform | erk
-    c.lth_rate = 0.2  # LTH: fraction of the remaining weights pruned per round
-    c.lth_schedule = "iterative"  # LTH: "iterative" or "oneshot"
-    c.lth_round_epochs = placeholder(int)  # LTH: epochs of each intermediate round (None: epochs)
-    c.lth_max_rounds = placeholder(int)  # LTH: cap on the number of rounds (None: no cap)
-    c.sc_distribution = "erk"  # SafeCompress: per-layer densities, erk | uniform
-    c.sc_epochs = placeholder(int)  # SafeCompress: training epochs (None: dense_epochs + epochs, the same budget)
-    c.sc_init = "random"  # SafeCompress: initial mask positions, random | magnitude
-    c.sc_end_fraction = 0.75  # SafeCompress: no mask updates after this fraction of training
-    c.sc_momentum = 0.9  # SafeCompress: gradient moving average for momentum growth
-    c.sc_interval = placeholder(int)  # SafeCompress: steps between mask updates (None: one epoch)
-    c.sc_drop_fraction = 0.3  # SafeCompress: initial drop fraction (cosine-decayed)
-    c.sc_growth = "gradient"  # SafeCompress: regrowth by gradient | momentum | random
-    c.sc_candidates = 3  # SafeCompress: candidate masks per update (1: plain RigL)
-    c.sc_fairness_metric = "cwv"  # SafeCompress: fairness test metric, cwv | mcd
-    c.sc_acc_budget = 0.02  # SafeCompress: candidates within this val accuracy of the best qualify
-    c.fs_init = "kaiming_normal"  # FairScratch: frozen weights, model | kaiming_normal | signed_constant | scaled_signed_constant
-    c.fs_lambda = 1.0  # FairScratch: weight λ of the fairness surrogate
-    c.fs_surrogate = "auto"  # FairScratch: auto | loss_variance | dp | eo
-    c.fs_learning_rate = placeholder(float)  # FairScratch: score learning rate (None: learning_rate)
-    c.fs_distribution = "uniform"  # FairScratch: per-layer densities, uniform | erk
-    c.fs_epochs = placeholder(int)  # FairScratch: score-training epochs (None: dense_epochs + epochs)
-    c.fs_optimizer = "sgd"  # FairScratch: optimizer of the scores, sgd | adam | adamw
-    c.fs_momentum = placeholder(float)  # FairScratch: (None: momentum)
-    c.fs_weight_decay = placeholder(float)  # FairScratch: (None: weight_decay)
-    c.fs_schedule = placeholder(str)  # FairScratch: (None: schedule)
+    # :bench ablations (docs/method.md); the paper's setting is ballot.criterion="gradient",
+    # ballot.vote_trajectory="ticket", ballot.retrain_from="rewind_point".
+    c.ballot = ml_collections.ConfigDict()
+    c.ballot.criterion = "taylor"  # selection criterion, gradient | taylor | magnitude_veto | group_balanced | prototype
+    c.ballot.vote_trajectory = "dense"  # votes on the masked ticket's retraining ("ticket") or the dense net trained on ("dense")
+    c.ballot.retrain_from = "trained"  # retrain the mask from θ0/θ_k ("rewind_point") or θ_T ("trained": lr rewinding)
+    c.ballot.band = 0.1  # magnitude_veto: half-width of the re-ranked band around each cut-off, a fraction of k_l
+    c.ballot.vote_epochs = placeholder(int)  # epochs of the vote trajectory, one vote round after each (None: retrain_epochs)
+    c.ballot.vote_source = "pass"  # "pass" (a gradient pass over vote_data per vote) or "train_steps"
+    c.ballot.vote_data = "val"  # split the vote gradients are taken on, "val" or "train"
+    c.ballot.eta = 1.0  # weight η of the fairness gradient in s = â + η·f̂
+    c.ballot.score = "abs"  # "abs" |â + η f̂| or "signed" â + η f̂
+    c.ballot.quotas = "magnitude"  # per-layer kept counts, magnitude | uniform | erk
+    c.ballot.acc_floor = 0.05  # floor on acc_g in the fairness weights w_g = 1/acc_g
+    c.ballot.diag_batches = 2  # batches for the per-group conflict diagnostic (0: off)
+    c.ballot.diag_max_groups = 32  # skip that diagnostic above this many groups
+    c.ballot.vote_interval_steps = 0  # train_steps source: a vote round every N steps (0: per epoch)
+    # --- Magnitude (config.magnitude) ---------------------------------------------------------------
+    c.magnitude = ml_collections.ConfigDict()
+    c.magnitude.schedule = "oneshot"  # "oneshot" or "gradual"
+    c.magnitude.gradual_epochs = placeholder(int)  # gradual: epochs to reach the target (None: retrain_epochs)
+    # --- Random (config.random) -----------------------------------------------------------------------
+    c.random = ml_collections.ConfigDict()
+    c.random.quotas = "magnitude"  # per-layer counts from the magnitude ticket | uniform | erk
+    # --- LTH (config.lth) ----------------------------------------------------------------------------
+    c.lth = ml_collections.ConfigDict()
+    c.lth.rate = 0.2  # fraction of the remaining weights pruned per round
+    c.lth.schedule = "iterative"  # "iterative" or "oneshot"
+    c.lth.round_epochs = placeholder(int)  # epochs of each intermediate round (None: retrain_epochs)
+    c.lth.max_rounds = placeholder(int)  # cap on the number of rounds (None: no cap)
+    # --- SafeCompress (config.safecompress) --------------------------------------------------------
+    c.safecompress = ml_collections.ConfigDict()
+    c.safecompress.distribution = "erk"  # per-layer densities, erk | uniform
+    c.safecompress.epochs = placeholder(int)  # training epochs (None: dense_epochs + retrain_epochs, the same budget)
+    c.safecompress.init = "random"  # initial mask positions, random | magnitude
+    c.safecompress.end_fraction = 0.75  # no mask updates after this fraction of training
+    c.safecompress.momentum = 0.9  # gradient moving average for momentum growth
+    c.safecompress.interval = placeholder(int)  # steps between mask updates (None: one epoch)
+    c.safecompress.drop_fraction = 0.3  # initial drop fraction (cosine-decayed)
+    c.safecompress.growth = "gradient"  # regrowth by gradient | momentum | random
+    c.safecompress.candidates = 3  # candidate masks per update (1: plain RigL)
+    c.safecompress.fairness_metric = "cwv"  # fairness test metric, cwv | mcd
+    c.safecompress.acc_budget = 0.02  # candidates within this val accuracy of the best qualify
+    # --- FairScratch (config.fairscratch) ----------------------------------------------------------
+    c.fairscratch = ml_collections.ConfigDict()
+    c.fairscratch.init = "kaiming_normal"  # frozen weights, model | kaiming_normal | signed_constant | scaled_signed_constant
+    c.fairscratch.fairness_weight = 1.0  # weight λ of the fairness surrogate
+    c.fairscratch.surrogate = "auto"  # auto | loss_variance | dp | eo
+    c.fairscratch.learning_rate = placeholder(float)  # score learning rate (None: learning_rate)
+    c.fairscratch.distribution = "uniform"  # per-layer densities, uniform | erk
+    c.fairscratch.epochs = placeholder(int)  # score-training epochs (None: dense_epochs + retrain_epochs)
+    c.fairscratch.optimizer = "sgd"  # optimizer of the scores, sgd | adam | adamw
+    c.fairscratch.momentum = placeholder(float)  # (None: momentum)
+    c.fairscratch.weight_decay = placeholder(float)  # (None: weight_decay)
+    c.fairscratch.schedule = placeholder(str)  # (None: schedule)
     # --- scale-out --------------------------------------------------------------------------------
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
     c.compilation_cache_dir = "~/.cache/ballot_jax/xla"  # persistent XLA compilation cache of experiments/*.py ("": off)
@@ -139,7 +151,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     masks.check_sparsity(config.sparsity)
     for s in parse_sweep(config):
         masks.check_sparsity(s, "sweep sparsity")
-    for key in ("epochs", "dense_epochs", "batch_size", "eval_batch_size", "seeds"):
+    for key in ("retrain_epochs", "dense_epochs", "batch_size", "eval_batch_size", "seeds"):
         if int(config[key]) < (0 if key == "dense_epochs" else 1):
             raise ValueError(f"config.{key}={config[key]!r} must be a positive integer")
     if config.dtype not in ("float32", "bfloat16"):
@@ -152,6 +164,42 @@ def parse_sweep(config: Any) -> list[float]:
     return [float(x) for x in text.split(",") if x.strip()]
 
 
+def flat_keys(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a (nested) config by its dotted key: ``{"sparsity": 0.9, "lth.rate": 0.2, …}``."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+    """``config.<key> = value`` for a dotted ``key`` (``"lth.rate"``); an unknown key is a
+    ``ValueError`` that names it and the closest valid keys."""
+    if key not in flat_keys(config):
+        import difflib  # pylint: disable=import-outside-toplevel
+
+        close = difflib.get_close_matches(key, list(flat_keys(config)), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown config key {key!r}{hint} (every key: ballot_jax.config.base_config())")
+    config_path.set_value(key, config, value)
+
+
+def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """``config`` with ``overrides`` set; keys dotted (``{"lth.rate": 0.3}``) or nested
+    (``{"lth": {"rate": 0.3}}``). Keys must exist (see :func:`set_key`); returns ``config``."""
+    for key, value in flat_keys(overrides).items():
+        set_key(config, key, value)
+    return config
+
+
+def make(overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> ml_collections.ConfigDict:
+    """:func:`base_config` with overrides (dotted or nested keys, as :func:`override` takes them)."""
+    return override(base_config(), {**(overrides or {}), **kwargs})
+
+
 def apply_variants(
     config: ml_collections.ConfigDict,
     arg: str | None,
@@ -162,7 +210,8 @@ def apply_variants(
 ) -> ml_collections.ConfigDict:
     """Applies the comma-separated variants of ``arg`` (``"cpu,gender_by_race"``) to ``config``.
 
-    ``variants`` maps a variant name to the keys it overrides. The ``soft`` variants (sizes such
+    ``variants`` maps a variant name to the keys it overrides (dotted for a method's keys,
+    ``"lth.rate"``). The ``soft`` variants (sizes such
     as ``cpu`` and ``bench``) are applied first and any other variant may override their keys, so
     ``cpu,resnet50`` is a narrow ResNet-50. Unknown names, and two other variants that set one
     key to different values (``resnet18,vgg16``), are errors naming the valid choices. Sets
@@ -181,27 +230,28 @@ def apply_variants(
                     and variants[setter[key]][key] != value):
                 raise ValueError(f"variants {setter[key]!r} and {v!r} both set config.{key}; choose one")
             setter[key] = v
-            config[key] = value
+            set_key(config, key, value)
     config.name = name
     config.variant = ",".join(dict.fromkeys(given))
     return config
 
 
 def key_docs() -> list[tuple[str, str, Any, str]]:
-    """``(section, key, default, meaning)`` for every key of :func:`base_config`, from its comments."""
+    """``(section, key, default, meaning)`` for every leaf key of :func:`base_config` (dotted inside a
+    method's section, ``lth.rate``), from its comments."""
     import inspect
     import re
 
-    defaults = base_config()
+    leaves = flat_keys(base_config())
     rows, section = [], ""
     for line in inspect.getsource(base_config).splitlines():
         head = re.match(r"\s*# --- (.+?) -+\s*$", line)
         if head:
             section = re.sub(r"\s*\(.*\)$", "", head.group(1)).strip()
             continue
-        m = re.match(r"\s*c\.(\w+) = .*?(?:  # (.*))?$", line)
-        if m and m.group(1) in defaults:
-            rows.append((section, m.group(1), defaults[m.group(1)], (m.group(2) or "").strip()))
+        m = re.match(r"\s*c\.([\w.]+) = .*?(?:  # (.*))?$", line)
+        if m and m.group(1) in leaves:
+            rows.append((section, m.group(1), leaves[m.group(1)], (m.group(2) or "").strip()))
     return rows
 
 
@@ -232,8 +282,8 @@ def cpu_variant(**overrides: Any) -> dict[str, Any]:
     epoch). ``overrides`` adjust it per dataset.
     """
     v = {"model": "resnet18", "width": 0.25, "image_size": 32, "stem": "imagenet", "conv_impl": "auto",
-         "dense_epochs": 3, "vote_epochs": 2, "epochs": 2, "batch_size": 128, "augment": False, "sparsity": 0.9,
-         "schedule": "cosine", "learning_rate": 0.1, "lth_rate": 0.7, "lth_round_epochs": 1}
+         "dense_epochs": 3, "ballot.vote_epochs": 2, "retrain_epochs": 2, "batch_size": 128, "augment": False,
+         "sparsity": 0.9, "schedule": "cosine", "learning_rate": 0.1, "lth.rate": 0.7, "lth.round_epochs": 1}
     v.update(overrides)
     return v
 
@@ -254,7 +304,7 @@ def bench_epochs(train_images: int, images_per_seed: int = BENCH_IMAGES_PER_SEED
     """
     e = int(min(40, max(2, round(images_per_seed / (5.75 * max(int(train_images), 1))))))
     v = max(1, round(e / 8))
-    return {"epochs": e, "dense_epochs": int(round(1.5 * e)), "vote_epochs": v, "lth_round_epochs": v}
+    return {"retrain_epochs": e, "dense_epochs": int(round(1.5 * e)), "ballot.vote_epochs": v, "lth.round_epochs": v}
 
 
 def bench_variant(train_images: int, **overrides: Any) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def train_epoch(
         epoch=epoch,
         seed=data_seed(ctx, stage_tag),
         shuffle=True,
-        augment=bool(ctx.config.get("augment", False)),
+        augment=bool(ctx.config.augment),
         drop_remainder=True,
         sharding=ctx.sharding,
     )

@@ -347,7 +347,7 @@ def setup_line(results: Mapping[str, Any]) -> str:
              f"groups {info.get('groups', c.get('groups'))} ({(results.get('task') or {}).get('num_groups')})",
              f"model {c.get('model')} (width {c.get('width')})", f"image {info.get('image_size', c.get('image_size'))}px",
              f"target sparsity {c.get('sparsity')}", f"epochs: dense {c.get('dense_epochs')}, "
-             f"vote {c.get('vote_epochs') or c.get('epochs')}, retrain {c.get('epochs')}",
+             f"vote {(c.get('ballot') or {}).get('vote_epochs') or c.get('retrain_epochs')}, retrain {c.get('retrain_epochs')}",
              f"batch {c.get('batch_size')}, {c.get('optimizer')} lr {c.get('learning_rate')} ({c.get('schedule')})"]
     return "; ".join(parts)
 

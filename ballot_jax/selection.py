@@ -46,8 +46,9 @@ from ballot_jax import loop, masks, train
 from ballot_jax.methods import ballot, common
 
 PyTree = Any
-BALLOT_OPTIONS = ("criterion", "vote_trajectory", "band", "vote_source", "vote_data", "eta", "score", "quotas",
-                  "acc_floor", "diag_batches", "diag_max_groups", "vote_interval_steps")
+# The keys of config.ballot that select_subnetwork takes as keyword arguments (vote_epochs is its own
+# argument; retrain_from only matters to the retraining that follows the mask).
+BALLOT_OPTIONS = tuple(k for k in ballot.OPTIONS if k not in ("vote_epochs", "retrain_from"))
 
 
 @dataclasses.dataclass
@@ -155,16 +156,14 @@ def select_subnetwork(
     image_shape = tuple(getattr(train_split, "image_shape", ()))
     task = _Task(train_split, val_split, val_split, num_classes, num_groups, [str(c) for c in range(num_classes)],
                  [str(g) for g in range(num_groups)], image_shape, {})
-    cfg = config_lib.base_config()
-    cfg.unlock()
-    cfg.update(dict(sparsity=float(sparsity), epochs=int(vote_epochs), dense_epochs=int(dense_epochs),
-                    vote_epochs=int(vote_epochs), batch_size=int(batch_size), augment=False))
     if criterion is not None:
         ballot_options["criterion"] = criterion
-    for key, value in ballot_options.items():
-        if key not in cfg or key not in BALLOT_OPTIONS:
+    for key in ballot_options:
+        if key not in BALLOT_OPTIONS:
             raise ValueError(f"unknown option {key!r}; Ballot options: {', '.join(BALLOT_OPTIONS)}")
-        cfg[key] = value
+    cfg = config_lib.make(sparsity=float(sparsity), retrain_epochs=int(vote_epochs), dense_epochs=int(dense_epochs),
+                          batch_size=int(batch_size), augment=False,
+                          ballot=dict(ballot_options, vote_epochs=int(vote_epochs)))
     ballot.settings(types.SimpleNamespace(config=cfg))  # a bad option fails here, before any training
     opt = optimizer or train.OptimizerConfig()
     ctx = loop.Context(apply_fn=apply_fn, task=task, config=ml_collections.FrozenConfigDict(cfg), opt=opt,

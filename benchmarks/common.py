@@ -353,15 +353,11 @@ def synthetic_task(*, n_train: int, n_val: int, n_test: int, hw: int = 32, num_c
 
 
 def config(**overrides: Any):
-    """``ballot_jax.config.base_config()`` with overrides (the paper's optimiser recipe)."""
+    """``ballot_jax.config.make(**overrides)`` (the paper's optimiser recipe; one device)."""
     from ballot_jax import config as config_lib
 
-    c = config_lib.base_config()
     overrides.setdefault("data_parallel", False)  # the benchmarks measure one device
-    with c.unlocked():
-        for k, v in overrides.items():
-            c[k] = v
-    return c
+    return config_lib.make(**overrides)
 
 
 def make_context(cfg: Any, task: Any, model: Any):

@@ -111,8 +111,8 @@ def run(smoke: bool = False, groups: str | None = None, rounds: int | None = Non
         # examples, one batch, hold each of up to 200 round-robin groups; training is 9x that.
         n_train, n_val, hw, eval_bs = 1800, 200, 32, 200
     model = common.small_resnet(num_classes=10, smoke=smoke)
-    base_cfg = dict(epochs=1, dense_epochs=1, vote_epochs=1, batch_size=32, eval_batch_size=eval_bs, sparsity=0.95,
-                    augment=False, diag_batches=0, model="resnet18", seeds=1)
+    base_cfg = dict(retrain_epochs=1, dense_epochs=1, batch_size=32, eval_batch_size=eval_bs, sparsity=0.95,
+                    augment=False, model="resnet18", seeds=1, ballot={"vote_epochs": 1, "diag_batches": 0})
     base_ctx = None
     ratios: dict[str, dict[int, float]] = {"pass": {}, "train_steps": {}}
     rows: list[Row] = []
@@ -125,7 +125,7 @@ def run(smoke: bool = False, groups: str | None = None, rounds: int | None = Non
             base_ctx = common.make_context(common.config(**base_cfg), task, model)
             state0, _ = common.init_run_state(base_ctx, model, task)
         for source in ("pass", "train_steps"):
-            ctx = dataclasses.replace(base_ctx, task=task, config=common.config(**base_cfg, vote_source=source))
+            ctx = dataclasses.replace(base_ctx, task=task, config=common.config(**base_cfg, **{"ballot.vote_source": source}))
             st = ballot.initial_state(ctx, state0)
             stage = ballot.build_stages(ctx)[0]
             st, _ = stage.begin(ctx, st)

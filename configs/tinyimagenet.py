@@ -20,7 +20,7 @@ from ballot_jax import config as config_lib
 VARIANTS = {
     "classes": {"groups": "classes"},
     **config_lib.MODEL_VARIANTS,
-    "cpu": config_lib.cpu_variant(dense_epochs=2, vote_epochs=1, epochs=2),
+    "cpu": config_lib.cpu_variant(dense_epochs=2, retrain_epochs=2, **{"ballot.vote_epochs": 1}),
     "bench": config_lib.bench_variant(90_000),
 }
 
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None):
     c.width = 1.0
     c.stem = "cifar"
     c.dense_epochs = 250
-    c.epochs = 250
+    c.retrain_epochs = 250
     c.batch_size = 32
     c.sparsity = 0.95
     return config_lib.apply_variants(c, arg, VARIANTS, name="tinyimagenet")

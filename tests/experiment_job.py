@@ -24,12 +24,13 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from orbax.checkpoint._src.path import atomicity  # noqa: E402
+from orbax.checkpoint.path import atomicity  # noqa: E402
 
+from ballot_jax import config as config_lib  # noqa: E402
 from ballot_jax import experiment, loop  # noqa: E402
 
-OVERRIDES = dict(seeds=1, dense_epochs=2, vote_epochs=2, epochs=2, methods="ballot,magnitude", progress=False,
-                 diag_batches=0, plots=False)
+OVERRIDES = {"seeds": 1, "dense_epochs": 2, "retrain_epochs": 2, "methods": "ballot,magnitude", "progress": False,
+             "plots": False, "ballot.vote_epochs": 2, "ballot.diag_batches": 0}
 
 
 def quickstart_config(seed_offset: int = 0):
@@ -38,10 +39,7 @@ def quickstart_config(seed_offset: int = 0):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     config = mod.get_config()
-    for k, v in OVERRIDES.items():
-        setattr(config, k, v)
-    config.seed_offset = seed_offset
-    return config
+    return config_lib.override(config, dict(OVERRIDES, seed_offset=seed_offset))
 
 
 def _pause() -> None:

@@ -16,9 +16,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from ballot_jax import config as config_lib
 from ballot_jax import loop, masks, methods, train
 from ballot_jax.methods import common
 from helpers import TinyNet
@@ -27,7 +27,8 @@ from fakes import fake_task
 
 def main(workdir: str, out: str, pause: str = "") -> None:
     task = fake_task()
-    cfg = ml_collections.ConfigDict(dict(sparsity=0.6, epochs=3, dense_epochs=2, vote_epochs=3, batch_size=16))
+    cfg = config_lib.make(sparsity=0.6, retrain_epochs=3, dense_epochs=2, batch_size=16, augment=False,
+                          ballot={"vote_epochs": 3})
     opt = train.OptimizerConfig()
     model = TinyNet()
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))

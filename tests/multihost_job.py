@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import ml_collections  # noqa: E402
 
+from ballot_jax import config as config_lib  # noqa: E402
 from ballot_jax import parallel  # noqa: E402
 
 parallel.initialize(ml_collections.ConfigDict({"distributed": True}))
@@ -36,7 +37,7 @@ from test_parallel import CONFIG, array_task  # noqa: E402
 
 def main() -> None:
     assert jax.process_count() == int(nproc) and jax.device_count() == 4 * int(nproc), jax.devices()
-    cfg = ml_collections.ConfigDict(dict(CONFIG, seed_offset=0))
+    cfg = config_lib.make(CONFIG, seed_offset=0)
     ctx = experiment.make_context(cfg, array_task(), TinyNet())
     assert isinstance(ctx.task.train, parallel.ProcessLocalSplit)
     assert ctx.sharding.mesh.size == jax.device_count()

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.seeds=1", "--config.methods=ballot,lth", "--config.dense_epochs=1", "--config.epochs=1",
-        "--config.vote_epochs=1", "--config.lth_round_epochs=1", "--config.progress=False", "--config.plots=False"]
+TINY = ["--config.seeds=1", "--config.methods=ballot,lth", "--config.dense_epochs=1", "--config.retrain_epochs=1",
+        "--config.ballot.vote_epochs=1", "--config.lth.round_epochs=1", "--config.progress=False", "--config.plots=False"]
 
 
 def _run(workdir, cache):

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import pytest
 
 from ballot_jax import config as config_lib
-from ballot_jax import experiment, masks, methods, train
+from ballot_jax import cli, experiment, masks, methods, train
 from ballot_jax.data import tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,7 +115,7 @@ def test_config_builds_and_trains_one_step(name: str, variant: str) -> None:
     assert config.name == name and config.variant == variant
     assert methods.parse(config.methods) == methods.names()
     assert config.seeds >= 3
-    assert experiment.default_workdir(config) == os.path.join("runs", name + ("_" + variant.replace(",", "_")
+    assert cli.default_workdir(config) == os.path.join("runs", name + ("_" + variant.replace(",", "_")
                                                                                 if variant else ""))
     image_size, num_classes, num_groups = _layout(config)
     tasks._resolve(tasks.DATASET_SPECS[config.dataset], config.label, config.groups)  # raises on a bad choice
@@ -156,7 +156,7 @@ def test_conflicting_variants_are_an_error_but_cpu_yields() -> None:
 
 def test_key_table_covers_every_key() -> None:
     rows = config_lib.key_docs()
-    assert sorted(r[1] for r in rows) == sorted(config_lib.base_config().keys())
+    assert sorted(r[1] for r in rows) == sorted(config_lib.flat_keys(config_lib.base_config()))
     undocumented = [r[1] for r in rows if not r[3]]
     assert not undocumented, f"config keys without a comment in base_config(): {undocumented}"
 
@@ -176,10 +176,10 @@ def test_bench_rule_and_variant():
     quickstart = _module(os.path.join(REPO, "configs", "quickstart.py"))
     utkface = _module(os.path.join(REPO, "configs", "utkface.py"))
     e = bench_epochs(18_961)
-    assert e == {"epochs": 16, "dense_epochs": 24, "vote_epochs": 2, "lth_round_epochs": 2}
-    assert bench_epochs(10)["epochs"] == 40 and bench_epochs(10_000_000)["epochs"] == 2  # clipped
+    assert e == {"retrain_epochs": 16, "dense_epochs": 24, "ballot.vote_epochs": 2, "lth.round_epochs": 2}
+    assert bench_epochs(10)["retrain_epochs"] == 40 and bench_epochs(10_000_000)["retrain_epochs"] == 2  # clipped
     c = utkface.get_config("bench")
-    assert (c.dense_epochs, c.epochs, c.augment, c.schedule, c.width) == (24, 16, True, "cosine", 0.25)
+    assert (c.dense_epochs, c.retrain_epochs, c.augment, c.schedule, c.width) == (24, 16, True, "cosine", 0.25)
     g = utkface.get_config("bench,gender_by_race")
     assert g.label == "gender" and g.groups == "race" and g.dense_epochs == 24
     q = quickstart.get_config("bench")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import chex
-import ml_collections
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ballot_jax import config as config_lib
 from ballot_jax import conflicts, masks, methods
 from ballot_jax.methods import ballot
 
@@ -121,7 +121,7 @@ def test_prototype_votes_on_the_head_only():
               "head": {"kernel": jnp.asarray(np.arange(10).reshape(5, 2) < 2)}}
 
     class Ctx:  # target density 0.2
-        config = ml_collections.ConfigDict({"sparsity": 0.8})
+        config = config_lib.make(sparsity=0.8)
 
     q = ballot.vote_quotas(Ctx, ticket, head_only=True)
     assert q == {"conv": {"kernel": 20}, "head": {"kernel": 2}}

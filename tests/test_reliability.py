@@ -6,10 +6,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from ballot_jax import config as config_lib
 from ballot_jax import loop, masks, methods, train
 from ballot_jax.methods import common
 from helpers import TinyNet
@@ -18,7 +18,8 @@ from fakes import fake_task
 
 def _ctx(task=None, **cfg):
     task = task or fake_task()
-    config = ml_collections.ConfigDict(dict(sparsity=0.5, epochs=1, dense_epochs=2, vote_epochs=1, batch_size=16, **cfg))
+    config = config_lib.make(dict(sparsity=0.5, retrain_epochs=1, dense_epochs=2, batch_size=16, augment=False,
+                                  **{"ballot.vote_epochs": 1}), **cfg)
     opt = train.OptimizerConfig()
     model = TinyNet()
     ctx = loop.Context(apply_fn=model.apply, task=task, config=config, opt=opt, tx=train.make_optimizer(opt), seed=0,
@@ -122,7 +123,7 @@ def test_unknown_config_key_and_bad_values_are_named():
     with pytest.raises(AttributeError, match='"sparsty" does not exist'):
         c.sparsty = 0.9
     for key, value, match in [("sparsity", 1.0, r"outside \[0, 1\)"), ("sparsity", -0.1, r"outside \[0, 1\)"),
-                              ("epochs", 0, "positive"), ("dtype", "float16", "valid: float32, bfloat16")]:
+                              ("retrain_epochs", 0, "positive"), ("dtype", "float16", "valid: float32, bfloat16")]:
         bad = config.base_config()
         bad[key] = value
         with pytest.raises(ValueError, match=match):

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 from typing import Any, Callable, Sequence
 
+from ballot_jax import config as config_lib
 from ballot_jax import loop
 
 
@@ -99,14 +100,12 @@ def check(names: Sequence[str], config: Any) -> None:
 
 
 def _overridden(config: Any, overrides: dict[str, Any]) -> Any:
-    config = copy.deepcopy(config)
-    for key, value in overrides.items():
-        config[key] = value
-    return config
+    return config_lib.override(copy.deepcopy(config), overrides)
 
 
 def with_options(ctx: loop.Context, overrides: dict[str, Any]) -> loop.Context:
-    """``ctx`` with config keys overridden (compiled steps and caches shared)."""
+    """``ctx`` with config keys overridden (dotted keys, ``"ballot.criterion"``; compiled steps and
+    caches shared)."""
     return dataclasses.replace(ctx, config=_overridden(ctx.config, overrides))
 
 

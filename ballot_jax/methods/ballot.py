@@ -12,10 +12,11 @@ Stages after the shared dense run (REFERENCE §3):
    weights with most votes (ties: summed score, then position).
 2. ``retrain`` — the Ballot mask, from θ0 / θ_k (``retrain_from="rewind_point"``) or from θ_T with
    the learning-rate schedule restarted (``"trained"``: learning-rate rewinding), trained
-   ``epochs`` epochs with the mask enforced (the same budget every method gets).
+   ``retrain_epochs`` epochs with the mask enforced (the same budget every method gets).
 
-Config keys (defaults in :func:`ballot_jax.config.base_config`): ``criterion``, ``vote_trajectory``, ``retrain_from``,
-``band`` (``magnitude_veto``'s band, a fraction of k_l), ``vote_epochs`` (default ``epochs``),
+Config keys ``config.ballot.*`` (defaults and meanings in :func:`ballot_jax.config.base_config`):
+``criterion``, ``vote_trajectory``, ``retrain_from``,
+``band`` (``magnitude_veto``'s band, a fraction of k_l), ``vote_epochs`` (default ``retrain_epochs``),
 ``vote_source`` (``"pass"``: a gradient pass over the vote data at the post-epoch weights, the
 prototype's semantics; ``"train_steps"``: (a, f) summed over the epoch's own train steps, no extra
 pass), ``vote_data`` (``"val"`` or ``"train"``, for ``pass``), ``eta``, ``score`` (``abs``/``signed``, for
@@ -39,7 +40,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ballot_jax import config as config_lib
 from ballot_jax import conflicts, loop, masks
 from ballot_jax.methods import Method, common, register
 
@@ -48,51 +48,40 @@ VOTE_DATA = ("val", "train")
 QUOTAS = ("magnitude", "uniform", "erk")
 TRAJECTORIES = ("ticket", "dense")
 RETRAIN_FROM = ("rewind_point", "trained")
-_DEFAULTS = config_lib.base_config()  # the one home of every default (a config without a key gets it)
+# The keys of config.ballot (defaults and meanings: ballot_jax.config.base_config).
+OPTIONS = ("criterion", "vote_trajectory", "retrain_from", "band", "vote_epochs", "vote_source", "vote_data", "eta",
+           "score", "quotas", "acc_floor", "diag_batches", "diag_max_groups", "vote_interval_steps")
 # Options a method-name variant (ballot:taylor:dense) may set, each with its valid values.
 VARIANT_OPTIONS = {"criterion": tuple(conflicts.CRITERIA), "vote_trajectory": TRAJECTORIES,
                    "retrain_from": RETRAIN_FROM}
 
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
-    """The resolved Ballot options of ``ctx.config``, validated (only ``ctx.config`` is read)."""
-    d = _DEFAULTS
-    s = {
-        "criterion": str(common.option(ctx, "criterion", d.criterion)),
-        "vote_trajectory": str(common.option(ctx, "vote_trajectory", d.vote_trajectory)),
-        "retrain_from": str(common.option(ctx, "retrain_from", d.retrain_from)),
-        "band": float(common.option(ctx, "band", d.band)),
-        "vote_epochs": int(common.option(ctx, "vote_epochs", ctx.config.epochs)),
-        "vote_source": str(common.option(ctx, "vote_source", d.vote_source)),
-        "vote_data": str(common.option(ctx, "vote_data", d.vote_data)),
-        "eta": float(common.option(ctx, "eta", d.eta)),
-        "score": str(common.option(ctx, "score", d.score)),
-        "quotas": str(common.option(ctx, "quotas", d.quotas)),
-        "acc_floor": float(common.option(ctx, "acc_floor", d.acc_floor)),
-        "diag_batches": int(common.option(ctx, "diag_batches", d.diag_batches)),
-        "diag_max_groups": int(common.option(ctx, "diag_max_groups", d.diag_max_groups)),
-        "vote_interval_steps": int(common.option(ctx, "vote_interval_steps", d.vote_interval_steps)),
-    }
+    """The resolved options of ``ctx.config.ballot``, validated (only ``ctx.config`` is read)."""
+    b = ctx.config.ballot
+    s = {key: b[key] for key in OPTIONS}
+    s["vote_epochs"] = int(common.unless_none(b.vote_epochs, common.retrain_epochs(ctx)))
     conflicts.get_criterion(s["criterion"])
     for key, valid in (("vote_source", VOTE_SOURCES), ("vote_data", VOTE_DATA), ("quotas", QUOTAS),
                        ("score", conflicts.SCORES), ("vote_trajectory", TRAJECTORIES), ("retrain_from", RETRAIN_FROM)):
         if s[key] not in valid:
-            raise ValueError(f"unknown {key} {s[key]!r}; valid: {list(valid)}")
+            raise ValueError(f"unknown ballot.{key} {s[key]!r}; valid: {list(valid)}")
     if s["vote_interval_steps"] and s["vote_source"] != "train_steps":
-        raise ValueError("vote_interval_steps needs vote_source='train_steps' (a gradient pass every few steps "
-                         "would cost more than the training itself); set vote_interval_steps=0 for per-epoch votes")
+        raise ValueError("ballot.vote_interval_steps needs ballot.vote_source='train_steps' (a gradient pass every few steps "
+                         "would cost more than the training itself); set ballot.vote_interval_steps=0 for per-epoch votes")
     if "per_group" in conflicts.get_criterion(s["criterion"]).needs and s["vote_source"] != "pass":
-        raise ValueError(f"criterion={s['criterion']!r} needs the per-group gradient sums of a gradient pass: "
-                         "set vote_source='pass'")
+        raise ValueError(f"ballot.criterion={s['criterion']!r} needs the per-group gradient sums of a gradient pass: "
+                         "set ballot.vote_source='pass'")
     if s["vote_epochs"] < 1:
-        raise ValueError("vote_epochs must be at least 1: the Ballot mask needs at least one vote round")
+        raise ValueError("ballot.vote_epochs must be at least 1: the Ballot mask needs at least one vote round")
     if not 0.0 <= s["band"] <= 1.0:
-        raise ValueError(f"band={s['band']} must be in [0, 1] (a fraction of each layer's kept count)")
+        raise ValueError(f"ballot.band={s['band']} must be in [0, 1] (a fraction of each layer's kept count)")
     return s
 
 
 def parse_variant(tokens: list[str]) -> dict[str, str]:
-    """Config overrides of a method-name variant: ``["taylor", "dense"]`` → criterion, trajectory."""
+    """Config overrides of a method-name variant: ``["taylor", "dense"]`` →
+    ``{"ballot.criterion": "taylor", "ballot.vote_trajectory": "dense"}``."""
     out: dict[str, str] = {}
     for t in tokens:
         keys = [k for k, valid in VARIANT_OPTIONS.items() if t in valid]
@@ -102,7 +91,7 @@ def parse_variant(tokens: list[str]) -> dict[str, str]:
         if keys[0] in out:
             raise ValueError(f"Ballot variant sets {keys[0]} twice ({out[keys[0]]!r} and {t!r})")
         out[keys[0]] = t
-    return out
+    return {f"ballot.{k}": v for k, v in out.items()}
 
 
 def ticket_mask(ctx: loop.Context, params: Any, structure: masks.Mask, quotas: str) -> masks.Mask:

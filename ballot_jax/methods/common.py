@@ -16,20 +16,19 @@ from ballot_jax import loop, masks
 DENSE_TAG, TICKET_TAG, RETRAIN_TAG = 1, 2, 3
 
 
-def option(ctx: loop.Context, key: str, default: Any) -> Any:
-    """``ctx.config[key]``, or ``default`` when the key is absent or None (unset placeholder)."""
-    value = ctx.config.get(key, default)
-    return default if value is None else value
+def unless_none(value: Any, fallback: Any) -> Any:
+    """``value``, or ``fallback`` when it is None: a config placeholder whose documented meaning is
+    "the same as another key" (``lth.round_epochs`` None: ``retrain_epochs``)."""
+    return fallback if value is None else value
 
 
 def total_epochs(ctx: loop.Context) -> int:
-    """dense_epochs + epochs: the training a dense-then-retrain method gets in all.
+    """dense_epochs + retrain_epochs: the training a dense-then-retrain method gets in all.
 
     Methods that start from θ0 (SafeCompress, FairScratch) get this budget so every method
     trains for the same number of steps.
     """
-    dense = int(ctx.config.get("dense_epochs", ctx.config.epochs))
-    return dense + retrain_epochs(ctx)
+    return int(ctx.config.dense_epochs) + retrain_epochs(ctx)
 
 
 def target_density(ctx: loop.Context) -> float:
@@ -39,12 +38,12 @@ def target_density(ctx: loop.Context) -> float:
 
 def rewind_step(ctx: loop.Context) -> int:
     """Late-rewinding step k (0 = rewind to θ0)."""
-    return int(ctx.config.get("rewind_step", 0) or 0)
+    return int(ctx.config.rewind_step)
 
 
 def dense_stage(ctx: loop.Context) -> loop.Stage:
     """Dense training for ``dense_epochs``; keeps θ0 (or θ_k when ``rewind_step`` = k > 0)."""
-    epochs = int(ctx.config.get("dense_epochs", ctx.config.epochs))
+    epochs = int(ctx.config.dense_epochs)
     total = epochs * ctx.steps_per_epoch
     if rewind_step(ctx) > total:
         raise ValueError(f"rewind_step={rewind_step(ctx)} is beyond the dense run's {total} steps ({epochs} epochs × "
@@ -136,7 +135,7 @@ def train_stage(
 
 def retrain_epochs(ctx: loop.Context) -> int:
     """The retraining budget every method gets after choosing its mask."""
-    return int(ctx.config.epochs)
+    return int(ctx.config.retrain_epochs)
 
 
 def with_mask_info(mask: masks.Mask, **extra: Any) -> dict[str, Any]:

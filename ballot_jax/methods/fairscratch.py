@@ -9,9 +9,9 @@ and the backward pass treats the top-k as the identity (straight-through estimat
 edge-popup): ∂L/∂S_l = ∂L/∂(W_l ⊙ m_l) ⊙ W_l ⊙ sign(S_l), so unselected weights receive a
 score gradient and can enter the mask. The loss is
 
-    L = CE + λ · fairness surrogate   (λ = ``fs_lambda``, default 1.0)
+    L = CE + λ · fairness surrogate   (λ = ``fairscratch.fairness_weight``, default 1.0)
 
-with the surrogate chosen by ``fs_surrogate`` (see :func:`fairness_surrogate`):
+with the surrogate chosen by ``fairscratch.surrogate`` (see :func:`fairness_surrogate`):
 
 * ``"loss_variance"``: variance over the batch's groups of the mean per-group cross-entropy —
   the class-wise surrogate when groups are the classes (the paper's setting);
@@ -28,7 +28,7 @@ Groups absent from a batch are left out of the variance.
 
 Decisions (REFERENCE §4 leaves them open):
 
-* Frozen weights (``fs_init``): ``"kaiming_normal"`` (default; fresh N(0, 2/fan_in) draws,
+* Frozen weights (``fairscratch.init``): ``"kaiming_normal"`` (default; fresh N(0, 2/fan_in) draws,
   NumPy seeded by the run's seed, edge-popup's setting, independent of the model's own
   initialiser), ``"model"`` (θ0 exactly as the model initialised it), ``"signed_constant"``
   (sign(θ0) · sqrt(2/fan_in), edge-popup's best), ``"scaled_signed_constant"`` (the same
@@ -37,15 +37,15 @@ Decisions (REFERENCE §4 leaves them open):
 * Everything but the scores stays frozen: biases, batch-norm scale/offset and any layer kept
   dense (``keep_stem``/``keep_head``) keep their θ0 values. Batch-norm *running statistics*
   are updated (training-mode forward), as in edge-popup.
-* Per-layer quotas k_l: ``fs_distribution`` = ``"uniform"`` (default; the same density in every
+* Per-layer quotas k_l: ``fairscratch.distribution`` = ``"uniform"`` (default; the same density in every
   layer, edge-popup's choice; there is no dense run to borrow the magnitude ticket's
   allocation from) or ``"erk"``; rounded so that Σ_l k_l = round(d · N) exactly.
 * Scores start as U(−1/sqrt(fan_in), 1/sqrt(fan_in)) (edge-popup's Kaiming-uniform; a NumPy
-  draw seeded by the run's seed) and are optimised with optax: ``fs_optimizer`` ("sgd"),
-  ``fs_learning_rate`` (the run's ``learning_rate``), ``fs_momentum`` (the run's momentum),
-  ``fs_weight_decay`` (the run's weight decay), ``fs_schedule`` (the run's schedule) over the
+  draw seeded by the run's seed) and are optimised with optax: ``fairscratch.optimizer`` ("sgd"),
+  ``fairscratch.learning_rate`` (the run's ``learning_rate``), ``fairscratch.momentum`` (the run's momentum),
+  ``fairscratch.weight_decay`` (the run's weight decay), ``fairscratch.schedule`` (the run's schedule) over the
   whole run.
-* Budget: ``fs_epochs``, default ``dense_epochs + epochs`` — the same number of training steps
+* Budget: ``fairscratch.epochs``, default ``dense_epochs + retrain_epochs`` — the same number of training steps
   as the methods that train dense first and then retrain (no weight training follows).
 
 The run state: ``train.params`` = W ⊙ m (bit-identical to W on kept positions), ``train.mask``
@@ -53,10 +53,10 @@ The run state: ``train.params`` = W ⊙ m (bit-identical to W on kept positions)
 state, ``extras["scores"]`` = S (mask-shaped, ``None`` off the prunable kernels). The final
 mask is the top-k_l of the final scores.
 
-Config keys and defaults: ``fs_epochs`` (dense_epochs + epochs), ``fs_init`` ("kaiming_normal"),
-``fs_lambda`` (1.0), ``fs_surrogate`` ("auto"), ``fs_distribution`` ("uniform"),
-``fs_optimizer`` ("sgd"), ``fs_learning_rate`` / ``fs_momentum`` / ``fs_weight_decay`` /
-``fs_schedule`` (the run's ``learning_rate`` / ``momentum`` / ``weight_decay`` / ``schedule``).
+Config keys and defaults: ``fairscratch.epochs`` (dense_epochs + retrain_epochs), ``fairscratch.init`` ("kaiming_normal"),
+``fairscratch.fairness_weight`` (1.0), ``fairscratch.surrogate`` ("auto"), ``fairscratch.distribution`` ("uniform"),
+``fairscratch.optimizer`` ("sgd"), ``fairscratch.learning_rate`` / ``fairscratch.momentum`` / ``fairscratch.weight_decay`` /
+``fairscratch.schedule`` (the run's ``learning_rate`` / ``momentum`` / ``weight_decay`` / ``schedule``).
 """
 
 from __future__ import annotations
@@ -82,25 +82,26 @@ DISTRIBUTIONS = ("uniform", "erk")
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved FairScratch options, validated (``surrogate`` resolved from ``auto``)."""
+    c = ctx.config.fairscratch
     s = {
-        "epochs": int(common.option(ctx, "fs_epochs", common.total_epochs(ctx))),
-        "init": str(common.option(ctx, "fs_init", "kaiming_normal")),
-        "lambda": float(common.option(ctx, "fs_lambda", 1.0)),
-        "surrogate": str(common.option(ctx, "fs_surrogate", "auto")),
-        "distribution": str(common.option(ctx, "fs_distribution", "uniform")),
-        "optimizer": str(common.option(ctx, "fs_optimizer", "sgd")),
-        "lr": float(common.option(ctx, "fs_learning_rate", ctx.opt.learning_rate)),
-        "momentum": float(common.option(ctx, "fs_momentum", ctx.opt.momentum)),
-        "weight_decay": float(common.option(ctx, "fs_weight_decay", ctx.opt.weight_decay)),
-        "schedule": str(common.option(ctx, "fs_schedule", ctx.opt.schedule)),
+        "epochs": int(common.unless_none(c.epochs, common.total_epochs(ctx))),
+        "init": str(c.init),
+        "lambda": float(c.fairness_weight),
+        "surrogate": str(c.surrogate),
+        "distribution": str(c.distribution),
+        "optimizer": str(c.optimizer),
+        "lr": float(common.unless_none(c.learning_rate, ctx.opt.learning_rate)),
+        "momentum": float(common.unless_none(c.momentum, ctx.opt.momentum)),
+        "weight_decay": float(common.unless_none(c.weight_decay, ctx.opt.weight_decay)),
+        "schedule": str(common.unless_none(c.schedule, ctx.opt.schedule)),
     }
     for key, valid in (("init", INITS), ("surrogate", SURROGATES), ("distribution", DISTRIBUTIONS)):
         if s[key] not in valid:
-            raise ValueError(f"unknown fs_{key} {s[key]!r}; valid: {list(valid)}")
+            raise ValueError(f"unknown fairscratch.{key} {s[key]!r}; valid: {list(valid)}")
     if s["epochs"] < 1:
-        raise ValueError("fs_epochs must be at least 1")
+        raise ValueError("fairscratch.epochs must be at least 1")
     if s["lambda"] < 0:
-        raise ValueError("fs_lambda must be >= 0")
+        raise ValueError("fairscratch.fairness_weight must be >= 0")
     if s["surrogate"] == "auto":
         info = getattr(ctx.task, "info", None) or {}
         s["surrogate"] = "loss_variance" if info.get("groups") == "classes" else "dp"

@@ -8,28 +8,27 @@ rewind the survivors to the rewind point of the dense run (θ0, or θ_k with ``r
 and train with the mask enforced. Round 1 prunes θ_T of the dense run.
 
 Densities: each round keeps a fraction 1 − p of the weights left by the previous one
-(p = ``lth_rate``, 0.2 by default), d_r = (1 − p)^r, and the last round lands exactly on the
+(p = ``lth.rate``, 0.2 by default), d_r = (1 − p)^r, and the last round lands exactly on the
 target density d:
 
     L = ceil(log d / log(1 − p)),   d_r = (1 − p)^r for r < L,   d_L = d
 
 (so the last round removes at most p of what is left; L = 1 when d ≥ 1 − p). With
-``lth_max_rounds`` = M and L > M, there are M rounds at an equal, larger rate instead,
-d_r = d^(r/M). With ``lth_schedule="oneshot"`` there is a single round straight to d (L = 1).
+``lth.max_rounds`` = M and L > M, there are M rounds at an equal, larger rate instead,
+d_r = d^(r/M). With ``lth.schedule="oneshot"`` there is a single round straight to d (L = 1).
 
-Budget: the last round trains ``retrain_epochs`` (= ``epochs``) epochs — the budget every method
+Budget: the last round trains ``retrain_epochs`` epochs — the budget every method
 gets after choosing its mask, on the same data order (stage tag ``RETRAIN_TAG``). Every
-intermediate round trains ``lth_round_epochs`` epochs (default: the same ``epochs``, as in the
-original LTH protocol), so the iterative variant costs L × epochs after the dense run; the
+intermediate round trains ``lth.round_epochs`` epochs (default: the same ``retrain_epochs``, as in the
+original LTH protocol), so the iterative variant costs L × retrain_epochs after the dense run; the
 one-shot variant costs exactly the common budget. Each intermediate round has its own data
 order (stage tag 100 + r).
 
 ``extras["level"]`` (int32) is the index of the round in progress / last finished (0 before the
 first), so a checkpoint says how far the pruning got.
 
-Config keys: ``sparsity``, ``epochs``, ``lth_rate`` (0.2), ``lth_schedule`` (``"iterative"`` |
-``"oneshot"``, default ``"iterative"``), ``lth_round_epochs`` (default ``epochs``),
-``lth_max_rounds`` (default: no cap); the rewind point comes from the dense run
+Config keys: ``sparsity``, ``retrain_epochs`` and ``config.lth``: ``rate``, ``schedule``,
+``round_epochs``, ``max_rounds`` (defaults in :func:`ballot_jax.config.base_config`); the rewind point comes from the dense run
 (``rewind_step``).
 """
 
@@ -50,24 +49,24 @@ ROUND_TAG = 100  # data-order tag of intermediate round r is ROUND_TAG + r
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved LTH options, validated."""
-    budget = common.retrain_epochs(ctx)
+    budget, c = common.retrain_epochs(ctx), ctx.config.lth
     s = {
-        "rate": float(common.option(ctx, "lth_rate", 0.2)),
-        "schedule": str(common.option(ctx, "lth_schedule", "iterative")),
-        "round_epochs": int(common.option(ctx, "lth_round_epochs", budget)),
-        "max_rounds": common.option(ctx, "lth_max_rounds", None),
+        "rate": float(c.rate),
+        "schedule": str(c.schedule),
+        "round_epochs": int(common.unless_none(c.round_epochs, budget)),
+        "max_rounds": c.max_rounds,
         "epochs": budget,
     }
     if s["max_rounds"] is not None:
         s["max_rounds"] = int(s["max_rounds"])
         if s["max_rounds"] < 1:
-            raise ValueError("lth_max_rounds must be at least 1 (or None for no cap)")
+            raise ValueError("lth.max_rounds must be at least 1 (or None for no cap)")
     if s["schedule"] not in SCHEDULES:
-        raise ValueError(f"unknown lth_schedule {s['schedule']!r}; valid: {list(SCHEDULES)}")
+        raise ValueError(f"unknown lth.schedule {s['schedule']!r}; valid: {list(SCHEDULES)}")
     if not 0.0 < s["rate"] < 1.0:
-        raise ValueError(f"lth_rate={s['rate']} must be in (0, 1): the fraction of remaining weights pruned per round")
+        raise ValueError(f"lth.rate={s['rate']} must be in (0, 1): the fraction of remaining weights pruned per round")
     if s["round_epochs"] < 0:
-        raise ValueError("lth_round_epochs must be >= 0")
+        raise ValueError("lth.round_epochs must be >= 0")
     return s
 
 

@@ -4,23 +4,23 @@ Stages after the shared dense run (REFERENCE §4):
 
 * one-shot (default) — ``finetune``: the global-magnitude mask of θ_T at the target density
   (one threshold over every prunable layer, ``round(density · N)`` weights kept), then
-  ``retrain_epochs`` (= ``epochs``) epochs of masked training that *continue* from the trained
+  ``retrain_epochs`` epochs of masked training that *continue* from the trained
   values of the surviving weights (no rewind; fresh optimizer state, the learning-rate schedule
   restarts as for every other method's retraining).
-* gradual (``magnitude_schedule="gradual"``) — ``gradual_finetune``: the same budget, but the
+* gradual (``magnitude.schedule="gradual"``) — ``gradual_finetune``: the same budget, but the
   mask tightens at the start of every epoch e along the cubic schedule of Zhu & Gupta (2017),
 
       s_e = s_f · (1 − (1 − min(e + 1, P) / P)³),
 
-  where s_f is the target sparsity and P = ``magnitude_gradual_epochs`` (default: the whole
+  where s_f is the target sparsity and P = ``magnitude.gradual_epochs`` (default: the whole
   budget). Each step is a global-magnitude prune of the current (fine-tuned) weights; pruned
   weights stay pruned. The epoch ``P − 1`` starts exactly at the target and every later epoch
   trains at it, so the run ends at exactly ``round(density · N)`` kept weights. The optimizer
   state is kept across the pruning steps (the mask zeroes pruned weights' updates).
 
-Config keys: ``sparsity``, ``epochs`` (fine-tuning budget), ``magnitude_schedule``
-(``"oneshot"`` | ``"gradual"``, default ``"oneshot"``), ``magnitude_gradual_epochs`` (P, default
-``epochs``; must be in [1, epochs]).
+Config keys: ``sparsity``, ``retrain_epochs`` (fine-tuning budget), ``magnitude.schedule``
+(``"oneshot"`` | ``"gradual"``, default ``"oneshot"``), ``magnitude.gradual_epochs`` (P, default
+``retrain_epochs``; must be in [1, retrain_epochs]).
 """
 
 from __future__ import annotations
@@ -36,17 +36,17 @@ SCHEDULES = ("oneshot", "gradual")
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved MP options, validated."""
-    budget = common.retrain_epochs(ctx)
+    budget, c = common.retrain_epochs(ctx), ctx.config.magnitude
     s = {
-        "schedule": str(common.option(ctx, "magnitude_schedule", "oneshot")),
+        "schedule": str(c.schedule),
         "epochs": budget,
-        "gradual_epochs": int(common.option(ctx, "magnitude_gradual_epochs", budget)),
+        "gradual_epochs": int(common.unless_none(c.gradual_epochs, budget)),
     }
     if s["schedule"] not in SCHEDULES:
-        raise ValueError(f"unknown magnitude_schedule {s['schedule']!r}; valid: {list(SCHEDULES)}")
+        raise ValueError(f"unknown magnitude.schedule {s['schedule']!r}; valid: {list(SCHEDULES)}")
     if s["schedule"] == "gradual" and not 1 <= s["gradual_epochs"] <= max(budget, 1):
         raise ValueError(
-            f"magnitude_gradual_epochs={s['gradual_epochs']} must be in [1, epochs={budget}]: the mask "
+            f"magnitude.gradual_epochs={s['gradual_epochs']} must be in [1, retrain_epochs={budget}]: the mask "
             "must reach the target sparsity within the fine-tuning budget"
         )
     return s

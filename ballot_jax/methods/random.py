@@ -5,10 +5,10 @@ One stage after the shared dense run (REFERENCE §4):
 ``retrain`` — compute the global-magnitude ticket of θ_T only for its per-layer kept counts
 k_l, draw a mask keeping exactly k_l uniformly random weights of each prunable layer (a NumPy
 draw seeded by the run's seed alone, see :func:`ballot_jax.masks.random_mask`), rewind to θ0 (or θ_k) and train ``retrain_epochs``
-(= ``epochs``) epochs with the mask enforced, on the same data order as every other method's
+epochs with the mask enforced, on the same data order as every other method's
 retraining. It isolates what the *choice* of weights buys at a fixed layer-wise allocation.
 
-Config keys: ``sparsity``, ``epochs``, ``random_quotas`` (``"magnitude"``: the ticket's k_l,
+Config keys: ``sparsity``, ``retrain_epochs``, ``random.quotas`` (``"magnitude"``: the ticket's k_l,
 default; ``"uniform"`` / ``"erk"``: k_l from that distribution at the target density, the
 total still exactly ``round(density · N)``).
 """
@@ -32,7 +32,7 @@ def random_quotas(ctx: loop.Context, state: loop.RunState, kind: str) -> Any:
     if kind == "magnitude":
         return masks.quotas_of(common.magnitude_ticket(ctx, state, density))
     if kind not in QUOTAS:
-        raise ValueError(f"unknown random_quotas {kind!r}; valid: {list(QUOTAS)}")
+        raise ValueError(f"unknown random.quotas {kind!r}; valid: {list(QUOTAS)}")
     return masks.distribution_quotas(state.train.mask, density, kind)[1]
 
 
@@ -41,9 +41,9 @@ def _initial_state(ctx: loop.Context, dense: loop.RunState) -> loop.RunState:
 
 
 def _stages(ctx: loop.Context) -> list[loop.Stage]:
-    kind = str(common.option(ctx, "random_quotas", "magnitude"))
+    kind = str(ctx.config.random.quotas)
     if kind not in QUOTAS:
-        raise ValueError(f"unknown random_quotas {kind!r}; valid: {list(QUOTAS)}")
+        raise ValueError(f"unknown random.quotas {kind!r}; valid: {list(QUOTAS)}")
 
     def begin(c: loop.Context, state: loop.RunState):
         quotas = random_quotas(c, state, kind)

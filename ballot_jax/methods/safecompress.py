@@ -5,30 +5,30 @@ at every mask update proposes several candidate sparse models and keeps the one 
 "safety test" best — in the original a membership-inference attack run against each
 candidate, with a performance test alongside. Here the safety test is the fairness evaluation
 on the validation split (REFERENCE §4): each candidate is evaluated on ``val`` (accuracy, CWV,
-MCD) and the chosen one has the lowest ``sc_fairness_metric`` among the candidates whose
-accuracy is within ``sc_acc_budget`` of the most accurate candidate (the performance test
+MCD) and the chosen one has the lowest ``safecompress.fairness_metric`` among the candidates whose
+accuracy is within ``safecompress.acc_budget`` of the most accurate candidate (the performance test
 becomes a tolerance instead of a second objective). Ties go to the more accurate candidate,
 then to the lower index (the plain RigL update). See :func:`select_candidate`.
 
 One stage from θ0 (no dense run), ``sparse_training``:
 
-* Initial mask at the target density d: per-layer densities from ``sc_distribution``
+* Initial mask at the target density d: per-layer densities from ``safecompress.distribution``
   (``"erk"``, default, the usual dynamic-sparse-training allocation, or ``"uniform"``), turned
   into exact integer quotas k_l with Σ_l k_l = round(d · N); the kept positions are random
-  (``sc_init="random"``, default) or the k_l largest |θ0| of each layer (``"magnitude"``). The
+  (``safecompress.init="random"``, default) or the k_l largest |θ0| of each layer (``"magnitude"``). The
   quotas never change: every update keeps exactly k_l weights in each layer.
-* Budget: ``sc_epochs`` epochs, default ``dense_epochs + epochs`` — the same number of training
+* Budget: ``safecompress.epochs`` epochs, default ``dense_epochs + retrain_epochs`` — the same number of training
   steps as the methods that train dense first and then retrain their mask (MP, random, one-shot
   LTH); the learning-rate schedule spans the whole run.
-* Mask updates after training step t for t = ΔT, 2ΔT, … while t < ``sc_end_fraction`` · T
-  (ΔT = ``sc_interval`` steps, default one epoch; T = total steps). The drop fraction decays as
-  f(t) = f0/2 · (1 + cos(π t / (end_fraction · T))), f0 = ``sc_drop_fraction``. In layer l,
+* Mask updates after training step t for t = ΔT, 2ΔT, … while t < ``safecompress.end_fraction`` · T
+  (ΔT = ``safecompress.interval`` steps, default one epoch; T = total steps). The drop fraction decays as
+  f(t) = f0/2 · (1 + cos(π t / (end_fraction · T))), f0 = ``safecompress.drop_fraction``. In layer l,
   n_l = floor(f(t) · k_l) active weights are dropped and n_l inactive ones grown, chosen by the
-  magnitude of the last step's dense gradient (``sc_growth="gradient"``, RigL), of an
-  exponential moving average of dense gradients (``"momentum"``, factor ``sc_momentum``), or
+  magnitude of the last step's dense gradient (``safecompress.growth="gradient"``, RigL), of an
+  exponential moving average of dense gradients (``"momentum"``, factor ``safecompress.momentum``), or
   at random (``"random"``, SET). Just-dropped weights may be regrown. Grown weights start at
   0.0, and their optimizer buffers (and those of every dropped weight) are reset to zero.
-* Candidates (``sc_candidates`` = C, default 3): candidate 0 drops the n_l smallest-magnitude
+* Candidates (``safecompress.candidates`` = C, default 3): candidate 0 drops the n_l smallest-magnitude
   active weights (plain RigL); candidate i ≥ 1 drops n_l weights drawn at random among the
   min(2 n_l, k_l) smallest-magnitude active weights of each layer (host NumPy draws seeded by
   the run's seed, t and i, so a resumed run draws the same). Every candidate then grows by the
@@ -43,11 +43,11 @@ pruned, so the forward pass needs no mask and the optimizer masks the gradient a
 ``extras``: ``grad_ema`` (the gradient moving average, mask-shaped) and ``updates`` (int32
 count of mask updates done), so a resumed run continues exactly.
 
-Config keys and defaults: ``sc_epochs`` (dense_epochs + epochs), ``sc_distribution`` ("erk"),
-``sc_init`` ("random"), ``sc_interval`` (steps per epoch), ``sc_drop_fraction`` (0.3),
-``sc_end_fraction`` (0.75), ``sc_growth`` ("gradient"), ``sc_momentum`` (0.9),
-``sc_candidates`` (3), ``sc_fairness_metric`` ("cwv" or "mcd", default "cwv"),
-``sc_acc_budget`` (0.02, absolute accuracy).
+Config keys and defaults: ``safecompress.epochs`` (dense_epochs + retrain_epochs), ``safecompress.distribution`` ("erk"),
+``safecompress.init`` ("random"), ``safecompress.interval`` (steps per epoch), ``safecompress.drop_fraction`` (0.3),
+``safecompress.end_fraction`` (0.75), ``safecompress.growth`` ("gradient"), ``safecompress.momentum`` (0.9),
+``safecompress.candidates`` (3), ``safecompress.fairness_metric`` ("cwv" or "mcd", default "cwv"),
+``safecompress.acc_budget`` (0.02, absolute accuracy).
 """
 
 from __future__ import annotations
@@ -73,32 +73,33 @@ METRICS = ("cwv", "mcd")
 
 def settings(ctx: loop.Context) -> dict[str, Any]:
     """The resolved SafeCompress options, validated."""
+    c = ctx.config.safecompress
     s = {
-        "epochs": int(common.option(ctx, "sc_epochs", common.total_epochs(ctx))),
-        "distribution": str(common.option(ctx, "sc_distribution", "erk")),
-        "init": str(common.option(ctx, "sc_init", "random")),
-        "interval": int(common.option(ctx, "sc_interval", 0)) or None,
-        "drop_fraction": float(common.option(ctx, "sc_drop_fraction", 0.3)),
-        "end_fraction": float(common.option(ctx, "sc_end_fraction", 0.75)),
-        "growth": str(common.option(ctx, "sc_growth", "gradient")),
-        "momentum": float(common.option(ctx, "sc_momentum", 0.9)),
-        "candidates": int(common.option(ctx, "sc_candidates", 3)),
-        "metric": str(common.option(ctx, "sc_fairness_metric", "cwv")),
-        "acc_budget": float(common.option(ctx, "sc_acc_budget", 0.02)),
+        "epochs": int(common.unless_none(c.epochs, common.total_epochs(ctx))),
+        "distribution": str(c.distribution),
+        "init": str(c.init),
+        "interval": int(c.interval or 0) or None,
+        "drop_fraction": float(c.drop_fraction),
+        "end_fraction": float(c.end_fraction),
+        "growth": str(c.growth),
+        "momentum": float(c.momentum),
+        "candidates": int(c.candidates),
+        "metric": str(c.fairness_metric),
+        "acc_budget": float(c.acc_budget),
     }
     for key, valid in (("distribution", DISTRIBUTIONS), ("init", INITS), ("growth", GROWTHS), ("metric", METRICS)):
         if s[key] not in valid:
-            raise ValueError(f"unknown sc_{key if key != 'metric' else 'fairness_metric'} {s[key]!r}; valid: {list(valid)}")
+            raise ValueError(f"unknown safecompress.{key if key != 'metric' else 'fairness_metric'} {s[key]!r}; valid: {list(valid)}")
     if s["epochs"] < 1:
-        raise ValueError("sc_epochs must be at least 1")
+        raise ValueError("safecompress.epochs must be at least 1")
     if s["candidates"] < 1:
-        raise ValueError("sc_candidates must be at least 1")
+        raise ValueError("safecompress.candidates must be at least 1")
     if not 0.0 <= s["drop_fraction"] <= 1.0:
-        raise ValueError("sc_drop_fraction must be in [0, 1]")
+        raise ValueError("safecompress.drop_fraction must be in [0, 1]")
     if not 0.0 <= s["end_fraction"] <= 1.0:
-        raise ValueError("sc_end_fraction must be in [0, 1]")
+        raise ValueError("safecompress.end_fraction must be in [0, 1]")
     if s["acc_budget"] < 0:
-        raise ValueError("sc_acc_budget must be >= 0")
+        raise ValueError("safecompress.acc_budget must be >= 0")
     return s
 
 

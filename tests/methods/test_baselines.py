@@ -13,16 +13,16 @@ import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from ballot_jax import config as config_lib
 from ballot_jax import loop, masks, methods, train
 from ballot_jax.methods import common, fairscratch, lth, magnitude, safecompress
 from helpers import TinyNet
 from fakes import fake_task
 
-BASE = dict(sparsity=0.5, epochs=2, dense_epochs=2, batch_size=16)
+BASE = dict(sparsity=0.5, retrain_epochs=2, dense_epochs=2, batch_size=16, augment=False)
 BASELINES = ("magnitude", "lth", "random", "safecompress", "fairscratch")
 
 
@@ -32,7 +32,7 @@ def env():
     model = TinyNet()
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 3)))
     opt = train.OptimizerConfig()
-    base = loop.Context(apply_fn=model.apply, task=task, config=ml_collections.ConfigDict(BASE), opt=opt,
+    base = loop.Context(apply_fn=model.apply, task=task, config=config_lib.make(BASE), opt=opt,
                         tx=train.make_optimizer(opt), seed=0, batch_size=16, eval_batch_size=32,
                         is_prunable=masks.prunable_filter())
     dense, _ = loop.run_stages(base, [common.dense_stage(base)], loop.initial_state(base, variables), None)
@@ -46,7 +46,7 @@ def _copy(tree):
 def make_ctx(env, **overrides) -> loop.Context:
     """A context for a config variant sharing the compiled steps and the helper cache."""
     b = env.base
-    return loop.Context(apply_fn=b.apply_fn, task=b.task, config=ml_collections.ConfigDict(dict(BASE, **overrides)),
+    return loop.Context(apply_fn=b.apply_fn, task=b.task, config=config_lib.make(BASE, **overrides),
                         opt=b.opt, tx=b.tx, seed=b.seed, batch_size=b.batch_size, eval_batch_size=b.eval_batch_size,
                         is_prunable=b.is_prunable, train_step=b.train_step, eval_step=b.eval_step, _cache=b._cache)
 
@@ -142,17 +142,17 @@ def test_cubic_schedule():
 
 
 def test_magnitude_gradual(env, tmp_path):
-    ctx, final, meta = run_method(env, tmp_path, "magnitude", magnitude_schedule="gradual", epochs=3)
+    ctx, final, meta = run_method(env, tmp_path, "magnitude", magnitude={"schedule": "gradual"}, retrain_epochs=3)
     assert meta["stages"] == ["gradual_finetune"]
     epochs = log_entries(meta, "gradual_finetune", "epoch")
     assert [e["scheduled_sparsity"] for e in epochs] == [magnitude.cubic_sparsity(e, 0.5, 3) for e in range(3)]
     reached = [e["sparsity"] for e in epochs]
     assert reached == sorted(reached) and reached[0] > 0
     assert_sparse_result(ctx, final)
-    with pytest.raises(ValueError, match="magnitude_schedule"):
-        magnitude.settings(make_ctx(env, magnitude_schedule="cubic"))
-    with pytest.raises(ValueError, match="magnitude_gradual_epochs"):
-        magnitude.settings(make_ctx(env, magnitude_schedule="gradual", magnitude_gradual_epochs=5))
+    with pytest.raises(ValueError, match="magnitude.schedule"):
+        magnitude.settings(make_ctx(env, magnitude={"schedule": "cubic"}))
+    with pytest.raises(ValueError, match="magnitude.gradual_epochs"):
+        magnitude.settings(make_ctx(env, magnitude={"schedule": "gradual", "gradual_epochs": 5}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,12 +195,12 @@ def test_lth_iterative(env, tmp_path):
 
 
 def test_lth_oneshot(env, tmp_path):
-    ctx, final, meta = run_method(env, tmp_path, "lth", lth_schedule="oneshot")
+    ctx, final, meta = run_method(env, tmp_path, "lth", lth={"schedule": "oneshot"})
     assert meta["stages"] == ["level_1"]
     assert log_entries(meta, "level_1", "begin")[0]["level_density"] == 0.5
     assert_sparse_result(ctx, final)
-    with pytest.raises(ValueError, match="lth_rate"):
-        lth.settings(make_ctx(env, lth_rate=1.5))
+    with pytest.raises(ValueError, match="lth.rate"):
+        lth.settings(make_ctx(env, lth={"rate": 1.5}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,10 +315,10 @@ def test_mask_update_keeps_fairest_candidate(env, monkeypatch):
 
 
 def test_safecompress_run(env, tmp_path):
-    over = dict(sc_interval=3)
+    over = dict(safecompress={"interval": 3})
     ctx, final, meta = run_method(env, tmp_path, "safecompress", **over)
     s = safecompress.settings(ctx)
-    assert s["epochs"] == 4 and meta["stages"] == ["sparse_training"]  # dense_epochs + epochs
+    assert s["epochs"] == 4 and meta["stages"] == ["sparse_training"]  # dense_epochs + retrain_epochs
     assert_sparse_result(ctx, final)
     dense_mask = masks.init_mask(env.variables["params"], ctx.is_prunable)
     density = common.target_density(ctx)
@@ -405,8 +405,8 @@ def test_frozen_weight_inits(env):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(p))
         np.testing.assert_array_equal(np.asarray(b), np.asarray(c))  # seeded: the same draw every time
         assert not np.array_equal(np.asarray(b), np.asarray(p))
-    with pytest.raises(ValueError, match="fs_init"):
-        fairscratch.settings(make_ctx(env, fs_init="orthogonal"))
+    with pytest.raises(ValueError, match="fairscratch.init"):
+        fairscratch.settings(make_ctx(env, fairscratch={"init": "orthogonal"}))
 
 
 def test_fairscratch_run(env, tmp_path):
