@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any, Callable, Mapping
 
@@ -36,14 +34,14 @@ TIMINGS = "timings.json"
 
 def build_model(config: Any, task: Any):
     """The Flax module for ``config.model`` sized for the task."""
-    dtype = jnp.bfloat16 if config.get("dtype", "float32") == "bfloat16" else jnp.float32
+    dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     return models.create(
         config.model,
         num_classes=task.num_classes,
-        width=float(config.get("width", 1.0)),
-        stem=config.get("stem", "cifar"),
+        width=float(config.width),
+        stem=config.stem,
         dtype=dtype,
-        conv_impl=config.get("conv_impl", "xla"),
+        conv_impl=config.conv_impl,
     )
 
 
@@ -67,11 +65,11 @@ def make_context(config: Any, task: Any, model: Any, *, progress: Callable | Non
         config=config,
         opt=opt,
         tx=train.make_optimizer(opt),
-        seed=int(config.get("seed_offset", 0)),
+        seed=int(config.seed_offset),
         batch_size=int(config.batch_size),
         eval_batch_size=int(config.eval_batch_size),
-        is_prunable=masks.prunable_filter(keep_stem=bool(config.get("keep_stem", False)),
-                                          keep_head=bool(config.get("keep_head", False))),
+        is_prunable=masks.prunable_filter(keep_stem=bool(config.keep_stem),
+                                          keep_head=bool(config.keep_head)),
         sharding=sharding,
         progress=progress,
     )
@@ -135,7 +133,7 @@ def run_method(ctx: loop.Context, name: str, dense: loop.RunState | None, variab
     state, meta = loop.run_stages(ctx, method.stages(ctx), state0, directory, run_name=f"seed {ctx.seed} {name}")
     seconds = time.perf_counter() - t0
     test = loop.evaluate(ctx, state.train, "test")
-    violations = masks.zero_violations(state.train.params, state.train.mask) if ctx.config.get("check_masks", True) else None
+    violations = masks.zero_violations(state.train.params, state.train.mask) if ctx.config.check_masks else None
     if violations:
         raise AssertionError(f"{name} (seed {ctx.seed}): {violations} masked weights are not zero — a bug, please report it")
     result = {
@@ -191,7 +189,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
     start_run = getattr(progress, "start_run", None)  # StageProgress labels its bars per run
     n_runs = int(config.seeds) * len(names)
     for i in range(int(config.seeds)):
-        seed = int(config.get("seed_offset", 0)) + i
+        seed = int(config.seed_offset) + i
         ctx = dataclasses.replace(base_ctx, seed=seed)
         variables = init_variables(model, task.image_shape, seed)
         dense_state = None
@@ -210,7 +208,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
             results["runs"].append(run)
             _write_results(workdir, results)
     results["timings"] = {"total_seconds": time.perf_counter() - t_start,
-                          "train_step_compilations": base_ctx.train_step._cache_size(),
+                          "train_step_compilations": train.compilation_count(base_ctx.train_step),
+                          "devices": 1 if base_ctx.sharding is None else int(base_ctx.sharding.mesh.size),
                           "compilation_cache": {k: v for k, v in CACHE_EVENTS.items() if not k.startswith("_")}}
     _write_results(workdir, results)
     return results
@@ -265,7 +264,6 @@ def _write_results(workdir: str, results: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 CONFIG_JSON = "config.json"
-RUN_LOG = "run.log"
 # Keys that never change a run's numbers: a different value may reuse the same work directory.
 NEUTRAL_KEYS = frozenset({
     "name", "variant", "methods", "seeds", "sweep", "accuracy_budget", "data_dir", "manual_dir", "prepare",
@@ -299,41 +297,15 @@ def use_compilation_cache(directory: str) -> str | None:
     return directory
 
 
-def default_workdir(config: Any, overrides: Mapping[str, Any] | None = None, root: str = "runs") -> str:
-    """``runs/<name>[_<variants>][_sweep<Ω1>-<Ω2>…][_<hash>]``: the same command, the same directory.
-
-    ``overrides`` are the ``--config.key=value`` overrides of the command line; those that can
-    change results (not :data:`NEUTRAL_KEYS`) add a short hash, so a run with other settings
-    never mixes its numbers into an earlier run's directory.
-    """
-    parts = [str(config.get("name", "") or "run")]
-    variant = str(config.get("variant", "") or "")
-    if variant:
-        parts.append(variant.replace(",", "_"))
-    sweep = config_lib.parse_sweep(config)
-    if sweep:
-        parts.append("sweep" + "-".join(f"{s:g}" for s in sweep))
-    relevant = {k: v for k, v in sorted((overrides or {}).items()) if k.split(".")[0] not in NEUTRAL_KEYS}
-    if relevant:
-        digest = hashlib.sha1(json.dumps(loop.jsonable(relevant), sort_keys=True).encode()).hexdigest()[:8]
-        parts.append(digest)
-    return os.path.join(root, "_".join(parts))
-
-
 def config_conflicts(saved: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Result-changing keys whose value differs between a saved config and ``config``.
+    """Result-changing keys (dotted, ``lth.rate``) whose value differs between a saved config and ``config``.
 
     Keys only one side has are ignored: a key added to :func:`ballot_jax.config.base_config` by a
     newer version keeps its default, so an old work directory still resumes.
     """
-    out = {}
-    for key in sorted(set(saved) & set(config)):
-        if key in NEUTRAL_KEYS:
-            continue
-        a, b = (json.loads(json.dumps(loop.jsonable(x))) for x in (saved.get(key), config.get(key)))  # tuples → lists
-        if a != b:
-            out[key] = (a, b)
-    return out
+    saved, config = (config_lib.flat_keys(json.loads(json.dumps(loop.jsonable(x)))) for x in (saved, config))  # tuples → lists
+    return {key: (saved[key], config[key]) for key in sorted(set(saved) & set(config))
+            if key.split(".")[0] not in NEUTRAL_KEYS and saved[key] != config[key]}
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -360,82 +332,6 @@ class WorkdirConflictError(ValueError):
     """The work directory holds runs of a configuration that differs in a result-changing key."""
 
 
-class _OwnLogsFilter(logging.Filter):
-    """INFO and above from ballot_jax, WARNING and above from every other library."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.name.startswith("ballot_jax") or record.levelno >= logging.WARNING
-
-
-def setup_logging(workdir: str, *, console_level: int = logging.WARNING) -> logging.Handler:
-    """Appends INFO logs (every stage's info, timings) to ``<workdir>/run.log``; returns the handler.
-
-    The console (absl's handler, when present) is raised to ``console_level`` so that progress
-    bars stay readable; the file gets everything ballot_jax logs.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    root = logging.getLogger()
-    path = os.path.abspath(os.path.join(workdir, RUN_LOG))
-    for h in root.handlers:
-        if isinstance(h, logging.FileHandler) and h.baseFilename == path:
-            return h
-    handler = logging.FileHandler(path)
-    handler.setLevel(logging.INFO)
-    handler.addFilter(_OwnLogsFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for h in root.handlers:  # only console handlers: leave e.g. pytest's capture handlers alone
-        stream = getattr(h, "stream", None)
-        if type(h).__name__ == "ABSLHandler" or (not isinstance(h, logging.FileHandler)
-                                                 and stream in (sys.stderr, sys.stdout)):
-            h.setLevel(max(h.level, console_level))
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    return handler
-
-
-class StageProgress:
-    """A ``loop.Context.progress`` callback: one tqdm bar (with ETA) per stage of each run.
-
-    ``start_run(label)`` names the run whose stages follow ("[3/18] seed 0 ballot"); a bar closes
-    when its stage ends or another stage starts. Cheap: tqdm redraws at most every 0.5 s.
-    """
-
-    def __init__(self, *, enabled: bool = True, file: Any = None):
-        self.enabled = enabled
-        self.file = file
-        self.label = ""
-        self._bar = None
-        self._key: tuple | None = None
-        self._last = 0
-
-    def start_run(self, label: str) -> None:
-        """Names the run whose stages come next."""
-        self.close()
-        self.label = label
-
-    def __call__(self, stage: str, step: int, total: int) -> None:
-        if not self.enabled:
-            return
-        key = (self.label, stage, total)
-        if self._bar is None or key != self._key or step <= self._last:
-            self.close()
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(total=total, initial=step - 1, desc=f"{self.label}: {stage}".strip(": "),
-                             unit="step", mininterval=0.5, leave=False, file=self.file, dynamic_ncols=True)
-            self._key, self._last = key, step - 1
-        self._bar.update(step - self._last)
-        self._last = step
-        if step >= total:
-            self.close()
-
-    def close(self) -> None:
-        """Closes the open bar, if any."""
-        if self._bar is not None:
-            self._bar.close()
-        self._bar, self._key, self._last = None, None, 0
-
-
 def run_comparison(config: ml_collections.ConfigDict, workdir: str, *, progress: Callable | None = None) -> tuple[dict, list[str]]:
     """Compare mode: every method × seed at ``config.sparsity``, then the reports.
 
@@ -447,7 +343,7 @@ def run_comparison(config: ml_collections.ConfigDict, workdir: str, *, progress:
     from ballot_jax import report  # after the runs: a long run picks up the newest report code
     paths = [os.path.join(workdir, n) for n in (CONFIG_JSON, RESULTS, TIMINGS)]
     if parallel.is_main_process():  # multi-host: one writer
-        paths += report.write_reports(results, workdir, plots=bool(config.get("plots", True)))
+        paths += report.write_reports(results, workdir, plots=bool(config.plots))
     return results, paths
 
 
@@ -484,7 +380,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str, *, progress: Call
         paths += sub_paths
     summary = report.sweep_summary(per_sparsity, accuracy_budget=float(config.accuracy_budget))
     if parallel.is_main_process():  # multi-host: one writer
-        paths += report.write_sweep_reports(summary, workdir, plots=bool(config.get("plots", True)))
+        paths += report.write_sweep_reports(summary, workdir, plots=bool(config.plots))
     return summary, paths
 
 

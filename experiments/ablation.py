@@ -60,7 +60,7 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e}")
     config.methods = ",".join(names)
     overrides = config_flags.get_override_values(FLAGS["config"])
-    workdir = _WORKDIR.value or experiment.default_workdir(config, overrides) + "_ablation"
+    workdir = _WORKDIR.value or cli.default_workdir(config, overrides) + "_ablation"
     t0 = time.perf_counter()
     results, _ = cli.run_job(config, workdir)
     text = ablation.ablation_markdown(results)

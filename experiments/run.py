@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
     if config is None:
         raise app.UsageError("--config is required, e.g. --config=configs/quickstart.py")
     overrides = config_flags.get_override_values(FLAGS["config"])
-    workdir = _WORKDIR.value or experiment.default_workdir(config, overrides)
+    workdir = _WORKDIR.value or cli.default_workdir(config, overrides)
     t0 = time.perf_counter()
     results, paths = cli.run_job(config, workdir)
     print()

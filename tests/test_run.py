@@ -18,11 +18,11 @@ import time
 
 import pytest
 
-from ballot_jax import experiment
+from ballot_jax import cli, experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.seeds=1", "--config.epochs=1", "--config.dense_epochs=1", "--config.vote_epochs=1",
-        "--config.methods=ballot,magnitude", "--config.progress=False", "--config.diag_batches=0"]
+TINY = ["--config.seeds=1", "--config.retrain_epochs=1", "--config.dense_epochs=1", "--config.ballot.vote_epochs=1",
+        "--config.methods=ballot,magnitude", "--config.progress=False", "--config.ballot.diag_batches=0"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def _main(mod, argv: list[str]) -> None:
             delattr(mod.FLAGS, name)
         root = logging.getLogger()
         for h in [h for h in root.handlers if isinstance(h, logging.FileHandler)
-                  and h.baseFilename.endswith(experiment.RUN_LOG)]:
+                  and h.baseFilename.endswith(cli.RUN_LOG)]:
             root.removeHandler(h)
             h.close()
 
@@ -87,7 +87,7 @@ def test_run_quickstart_writes_every_output(quickstart_run) -> None:
     merged = experiment.load_results(workdir)
     assert all(r["seconds"] > 0 for r in merged["runs"] + merged["dense"])
     saved = json.load(open(os.path.join(workdir, "config.json")))
-    assert saved["epochs"] == 1 and saved["name"] == "quickstart" and saved["methods"] == "ballot,magnitude"
+    assert saved["retrain_epochs"] == 1 and saved["name"] == "quickstart" and saved["methods"] == "ballot,magnitude"
     with open(os.path.join(workdir, "results.csv")) as f:
         assert [r["method"] for r in csv.DictReader(f)] == ["dense", "ballot", "magnitude"]
     log_text = open(os.path.join(workdir, "run.log")).read()
@@ -97,8 +97,8 @@ def test_run_quickstart_writes_every_output(quickstart_run) -> None:
 def test_changed_setting_in_same_workdir_is_refused(run_module, quickstart_run, capsys) -> None:
     workdir, _, _ = quickstart_run
     with pytest.raises(SystemExit) as exit_info:
-        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.epochs=2"])
-    assert exit_info.value.code == 2 and "epochs: 1 -> 2" in capsys.readouterr().err
+        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.retrain_epochs=2"])
+    assert exit_info.value.code == 2 and "retrain_epochs: 1 -> 2" in capsys.readouterr().err
 
 
 def test_rerun_skips_finished_runs(run_module, quickstart_run) -> None:
@@ -117,17 +117,17 @@ def test_default_workdir_is_deterministic() -> None:
 
     c = config_lib.base_config()
     c.name, c.variant = "utkface", "cpu,gender_by_race"
-    assert experiment.default_workdir(c) == os.path.join("runs", "utkface_cpu_gender_by_race")
+    assert cli.default_workdir(c) == os.path.join("runs", "utkface_cpu_gender_by_race")
     neutral = {"manual_dir": "../shared/data", "data_dir": "/tmp/x", "seeds": 5, "methods": "ballot"}
-    assert experiment.default_workdir(c, neutral) == os.path.join("runs", "utkface_cpu_gender_by_race")
-    a = experiment.default_workdir(c, {"epochs": 2})
-    assert a == experiment.default_workdir(c, {"epochs": 2}) != experiment.default_workdir(c, {"epochs": 3})
+    assert cli.default_workdir(c, neutral) == os.path.join("runs", "utkface_cpu_gender_by_race")
+    a = cli.default_workdir(c, {"retrain_epochs": 2})
+    assert a == cli.default_workdir(c, {"retrain_epochs": 2}) != cli.default_workdir(c, {"retrain_epochs": 3})
     assert a.startswith(os.path.join("runs", "utkface_cpu_gender_by_race_")) and len(os.path.basename(a)) == 35
 
 
 def test_stage_progress_bars() -> None:
     buf = io.StringIO()
-    bar = experiment.StageProgress(file=buf)
+    bar = cli.StageProgress(file=buf)
     bar.start_run("[1/2] seed 0 ballot")
     for step in range(1, 5):
         bar("ticket", step, 4)
@@ -136,7 +136,7 @@ def test_stage_progress_bars() -> None:
     bar.close()
     text = buf.getvalue()
     assert "[1/2] seed 0 ballot: ticket" in text and "retrain" in text
-    experiment.StageProgress(enabled=False)("x", 1, 2)  # disabled: no bar, no error
+    cli.StageProgress(enabled=False)("x", 1, 2)  # disabled: no bar, no error
 
 
 def test_sweep_runs_each_sparsity_in_its_own_directory(tmp_path, monkeypatch) -> None:
@@ -159,7 +159,7 @@ def test_sweep_runs_each_sparsity_in_its_own_directory(tmp_path, monkeypatch) ->
     monkeypatch.setattr(experiment, "run_comparison", fake_comparison)
     config = config_lib.base_config()
     config.name, config.sweep, config.plots = "toy", "0.5,0.9", False
-    assert experiment.default_workdir(config) == os.path.join("runs", "toy_sweep0.5-0.9")
+    assert cli.default_workdir(config) == os.path.join("runs", "toy_sweep0.5-0.9")
     summary, paths = experiment.run(config, str(tmp_path))
     assert seen == [(0.5, "", "sparsity_0.5"), (0.9, "", "sparsity_0.9")]
     assert {os.path.basename(p) for p in paths} == {"config.json", "sweep.json", "sweep.csv", "sweep.md"}
