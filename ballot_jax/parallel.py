@@ -129,7 +129,7 @@ def _replicated_for(where: Any) -> jax.sharding.Sharding | None:
 def _put(x: Any, sharding: jax.sharding.Sharding) -> Any:
     if not isinstance(x, (jax.Array, np.ndarray, np.generic)):
         return x  # None, Python scalars and other static leaves stay as they are
-    if isinstance(x, jax.Array) and x.sharding == sharding and getattr(x, "_committed", True):
+    if isinstance(x, jax.Array) and x.sharding == sharding and x.committed:
         return x
     if jax.process_count() == 1 or (isinstance(x, jax.Array) and not x.is_fully_addressable):
         return jax.device_put(x, sharding)

@@ -285,3 +285,12 @@ def summarize(total: Mapping[str, jax.Array]) -> dict[str, float]:
         "nonfinite_steps": int(t["nonfinite"]),
         "first_nonfinite_step": None if int(t["first_nonfinite_step"]) == _NO_STEP else int(t["first_nonfinite_step"]),
     }
+
+
+def compilation_count(jitted: Callable) -> int:
+    """How many shapes a ``jax.jit`` function has been compiled for (1 after a whole run: no retrace).
+
+    JAX offers no public API for this; ``_cache_size`` is private and used here only, so a JAX
+    upgrade that changes it breaks one line.
+    """
+    return int(jitted._cache_size())  # pylint: disable=protected-access

@@ -3,7 +3,7 @@
 Runs the shared dense stage, then every stage of ``ballot`` and of ``lth`` (iterative, 95%
 sparsity: 14 pruning rounds) through ``loop.run_stages`` (with Orbax checkpoints, as experiments
 run) on tiny synthetic data, with one ``loop.Context``, and evaluates each result on the test
-split. Counts ``ctx.train_step._cache_size()`` (goal: one entry, there is one batch
+split. Counts ``train.compilation_count(ctx.train_step)`` (goal: one entry, there is one batch
 shape) and every XLA compilation seen by the ``jax_log_compiles`` log (function name and
 argument shapes), so a function compiled twice for the same shapes shows up as a duplicate.
 Op-by-op (eager) compilations of single ``jax.numpy`` operations outside ``jit`` are counted
@@ -29,12 +29,12 @@ _LIBRARY_FUNCTIONS = ("jit(step)", "jit(_device_batch_impl)", "jit(per_group_gra
 
 def run_methods(smoke: bool) -> dict:
     """Dense + Ballot + LTH on one fresh Context; compile records and the train step cache size."""
-    from ballot_jax import experiment, loop, methods
+    from ballot_jax import experiment, loop, methods, train
     from ballot_jax.methods import common as mcommon
 
     hw = 8
-    cfg = common.config(model="cnn_small", epochs=1, dense_epochs=1, batch_size=16, eval_batch_size=32,
-                        sparsity=0.2 if smoke else 0.95, augment=True, seeds=1, diag_batches=1)
+    cfg = common.config(model="cnn_small", retrain_epochs=1, dense_epochs=1, batch_size=16, eval_batch_size=32,
+                        sparsity=0.2 if smoke else 0.95, augment=True, seeds=1, ballot={"diag_batches": 1})
     task = common.synthetic_task(n_train=48, n_val=40, n_test=40, hw=hw, num_classes=3, num_groups=4)
     model = common.small_resnet(num_classes=3, smoke=True)
     ctx = experiment.make_context(cfg, task, model)
@@ -55,7 +55,7 @@ def run_methods(smoke: bool) -> dict:
         stages = {n: [s.name for s in methods.get(n).stages(ctx)] for n in ("ballot", "lth")}
     seconds = time.perf_counter() - t0
     return {"log": log, "per_method": per_method, "stages": stages, "seconds": seconds,
-            "cache": ctx.train_step._cache_size(),
+            "cache": train.compilation_count(ctx.train_step),
             "step_compile_seconds": sum(d for n, d in log.backend if n == "jit(step)"),
             "step_compiles": sum(1 for n, _ in log.backend if n == "jit(step)")}
 

@@ -208,7 +208,7 @@ def patch_train_epoch(clock: Clock, records: list[dict]):
 
 def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
         conv_impl: str = "auto") -> tuple[list[Row], dict]:
-    from ballot_jax import experiment, loop
+    from ballot_jax import experiment, loop, train
     from ballot_jax.data import ArraySplit, TaskData
     from ballot_jax.data.builders import RACE_NAMES
     from ballot_jax.methods import ballot, common as mcommon
@@ -224,8 +224,9 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
     epochs = 1 if smoke else 2
     cfg = common.config(dataset="utk_face", model="cnn_small" if smoke else "resnet18", width=0.5 if smoke else 1.0,
                         stem="imagenet", conv_impl=conv_impl, learning_rate=0.1, momentum=0.9, weight_decay=2e-4,
-                        batch_size=32, eval_batch_size=256, epochs=epochs, dense_epochs=epochs, vote_epochs=epochs,
-                        sparsity=0.95, augment=False, vote_source=vote_source, vote_data="val", diag_batches=0, seeds=1)
+                        batch_size=32, eval_batch_size=256, retrain_epochs=epochs, dense_epochs=epochs, sparsity=0.95,
+                        augment=False, seeds=1, ballot={"vote_epochs": epochs, "vote_source": vote_source,
+                                                        "vote_data": "val", "diag_batches": 0})
     model = experiment.build_model(cfg, task)
 
     records: list[dict] = []
@@ -253,7 +254,7 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
             restore()
         compile_total = clog.seconds
         backend = sorted(clog.backend, key=lambda x: -x[1])
-        step_cache = ctx.train_step._cache_size()
+        step_cache = train.compilation_count(ctx.train_step)
 
     epochs_rec = [r for r in records if r["phase"] == "epoch"]
     hooks = [r for r in records if r["phase"] != "epoch"]

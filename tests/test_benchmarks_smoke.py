@@ -30,7 +30,7 @@ NAMES = run_all.BENCHMARKS
 @pytest.fixture(scope="module", autouse=True)
 def persistent_compilation_cache():
     import jax
-    from jax._src import compilation_cache
+    from jax.experimental.compilation_cache import compilation_cache
 
     keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
             "jax_persistent_cache_min_entry_size_bytes")

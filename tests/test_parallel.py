@@ -25,8 +25,8 @@ from helpers import TinyNet, random_batch
 
 needs8 = pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 (simulated) devices, see tests/conftest.py")
 
-CONFIG = dict(sparsity=0.5, epochs=2, dense_epochs=2, vote_epochs=2, batch_size=16, eval_batch_size=32,
-              lth_rate=0.3, lth_round_epochs=1, augment=True, diag_batches=0)
+CONFIG = {"sparsity": 0.5, "retrain_epochs": 2, "dense_epochs": 2, "batch_size": 16, "eval_batch_size": 32,
+          "augment": True, "ballot.vote_epochs": 2, "ballot.diag_batches": 0, "lth.rate": 0.3, "lth.round_epochs": 1}
 
 
 def array_task(seed: int = 0, n: int = 96, hw: int = 8, num_classes: int = 3, num_groups: int = 2) -> TaskData:
@@ -45,7 +45,7 @@ def array_task(seed: int = 0, n: int = 96, hw: int = 8, num_classes: int = 3, nu
 
 
 def make_ctx(task, devices, **overrides) -> loop.Context:
-    cfg = ml_collections.ConfigDict(dict(CONFIG, **overrides))
+    cfg = config_lib.make(CONFIG, **overrides)
     opt = train.OptimizerConfig()
     sharding = parallel.batch_sharding(parallel.make_mesh(devices))
     parallel.check_batch_sizes(cfg, len(devices))
@@ -77,8 +77,8 @@ def run_all(devices, method_names):
             "mesh_sizes": {getattr(x.sharding, "mesh", None) and x.sharding.mesh.size for x in jax.tree.leaves(state)},
         }
     out["seconds"] = time.perf_counter() - t0
-    out["compiles"] = {"train": ctx.train_step._cache_size(), "eval": ctx.eval_step._cache_size(),
-                       "gradient_pass": sum(f._cache_size() for k, f in ctx._cache.items()
+    out["compiles"] = {"train": train.compilation_count(ctx.train_step), "eval": train.compilation_count(ctx.eval_step),
+                       "gradient_pass": sum(train.compilation_count(f) for k, f in ctx._cache.items()
                                             if str(k).startswith("ballot_gradient_pass")) or None}
     return out
 
