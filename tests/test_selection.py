@@ -9,6 +9,7 @@ import pytest
 
 import ballot_jax
 from ballot_jax import masks, selection
+from ballot_jax.methods import common
 from helpers import TinyNet
 
 
@@ -36,13 +37,22 @@ def test_select_subnetwork_mask_and_details():
     assert masks.masks_equal(out.mask, again)
 
 
-def test_select_subnetwork_with_trained_variables_skips_dense():
+def test_select_subnetwork_with_trained_variables_skips_dense(monkeypatch):
+    """Given θ_T, no dense training runs and the votes start from θ_T (its magnitude ticket)."""
     model = TinyNet()
     theta0 = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+    trained = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 8, 8, 3)))  # a stand-in θ_T ≠ θ0
+
+    def no_dense(*_args, **_kwargs):
+        raise AssertionError("select_subnetwork trained the dense model although trained_variables was given")
+
+    monkeypatch.setattr(common, "dense_stage", no_dense)
     rng = np.random.default_rng(1)
-    mask = ballot_jax.select_subnetwork(model.apply, theta0, _split(rng, 64), _split(rng, 32), sparsity=0.5,
-                                        trained_variables=theta0, vote_epochs=1, batch_size=32)
-    assert abs(masks.sparsity(mask) - 0.5) < 0.01
+    out = ballot_jax.select_subnetwork(model.apply, theta0, _split(rng, 64), _split(rng, 32), sparsity=0.5,
+                                       trained_variables=trained, vote_epochs=1, batch_size=32, return_details=True)
+    assert abs(masks.sparsity(out.mask) - 0.5) < 0.01
+    for a, b in zip(jax.tree.leaves(out.trained_params), jax.tree.leaves(trained["params"])):
+        np.testing.assert_array_equal(a, np.asarray(b))
 
 
 def test_bad_inputs_are_named():

@@ -63,7 +63,7 @@ def test_one_compilation_across_masks_and_learning_rates(tiny_model):
         for j in range(3):
             state, _ = step(state, random_batch(j), 0.1 / (j + 1))
         params = jax.tree.map(jnp.copy, state.params)
-    assert step._cache_size() == 1
+    assert train.compilation_count(step) == 1
 
 
 def test_loss_decreases_on_fixed_batch(tiny_model):
@@ -84,10 +84,25 @@ def test_step_schedule_matches_paper_recipe():
 
 
 @pytest.mark.parametrize("schedule", train.SCHEDULES)
-def test_every_schedule_builds(schedule):
-    cfg = train.OptimizerConfig(schedule=schedule, warmup_fraction=0.1)
-    lrs = train.learning_rates(train.make_schedule(cfg, 20), 20)
-    assert lrs.shape == (20,) and np.all(np.isfinite(lrs)) and lrs.max() <= 0.1 + 1e-6
+def test_every_schedule_has_its_shape(schedule):
+    """Each schedule over a 40-step stage: where it decays, where its warm-up ends, where it ends."""
+    cfg = train.OptimizerConfig(schedule=schedule, warmup_fraction=0.1, decay_boundaries=(0.5, 0.75))
+    lrs = train.learning_rates(train.make_schedule(cfg, 40), 40)
+    assert lrs.shape == (40,) and np.all(np.isfinite(lrs)) and lrs.max() <= 0.1 + 1e-6
+    if schedule == "step":  # ×0.1 at steps 20 and 30, constant in between
+        np.testing.assert_allclose(lrs[[0, 19, 20, 29, 30, 39]], [0.1, 0.1, 0.01, 0.01, 1e-3, 1e-3], rtol=1e-5)
+        assert np.count_nonzero(np.diff(lrs)) == 2
+    elif schedule == "constant":
+        np.testing.assert_allclose(lrs, 0.1)
+    elif schedule == "cosine":  # from the peak, strictly down, to ≈ 0 at the stage's end
+        assert lrs[0] == pytest.approx(0.1) and np.all(np.diff(lrs) < 0) and lrs[-1] < 0.1 * 0.01
+        assert lrs[20] == pytest.approx(0.05, rel=1e-5)  # half-way: half the peak
+    else:  # warm-up: linear from 0 to the peak over the first 10% (4 steps)
+        np.testing.assert_allclose(lrs[:5], [0.0, 0.025, 0.05, 0.075, 0.1], rtol=1e-5, atol=1e-7)
+        if schedule == "warmup_constant":
+            np.testing.assert_allclose(lrs[4:], 0.1)
+        else:  # warmup_cosine: then down to ≈ 0
+            assert np.all(np.diff(lrs[4:]) < 0) and lrs[-1] < 0.1 * 0.01
 
 
 def test_unknown_optimizer_and_schedule_errors():
