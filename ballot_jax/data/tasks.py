@@ -11,6 +11,13 @@ it; a test checks that they agree). A key the config lacks takes its
 :data:`DEFAULTS` value; ``label`` and ``image_size`` of ``None`` are the
 dataset's own (``default_label`` / ``default_image_size`` in :data:`DATASET_SPECS`).
 
+Every group must have examples in val and test, where the fairness metrics are
+measured (:func:`ballot_jax.fairness.metrics_from_counts` refuses an empty
+group); a definition that leaves one empty is refused when the task is built,
+naming the empty groups. A group without training examples is allowed (the
+model never sees it; its val/test accuracy is still measured) and logged as a
+warning, counted in ``info["train_empty_groups"]``.
+
 The train / val / test splits are the builders' ``train`` / ``validation`` /
 ``test`` splits. Batches: see :mod:`ballot_jax.data.pipeline` (images
 ``float32`` in ``[0, 1]``, plus ``label``, ``group``, ``weight``).
@@ -41,6 +48,7 @@ __all__ = [
     "load_quickstart",
     "task_from_sources",
     "group_ids",
+    "empty_groups",
     "in_memory_choice",
 ]
 
@@ -265,6 +273,20 @@ def _group_names(class_names: Sequence[str], attr_names: Sequence[str] | None, i
     return list(attr_names)
 
 
+def _names(resolved: _Resolved, attr_names: Mapping[str, tuple[str, ...]]) -> tuple[list[str], list[str]]:
+    """``(class_names, group_names)`` of a resolved label / groups choice."""
+    class_names = list(attr_names[resolved.label])
+    group_attr_names = attr_names[resolved.group_attr] if resolved.group_attr else None
+    return class_names, _group_names(class_names, group_attr_names, resolved.intersect)
+
+
+def _groups_key(resolved: _Resolved) -> str:
+    """The ``groups`` config value of a resolved choice (``classes``, ``ATTR`` or ``classes*ATTR``)."""
+    if resolved.group_attr is None:
+        return "classes"
+    return f"classes*{resolved.group_attr}" if resolved.intersect else resolved.group_attr
+
+
 # ---------------------------------------------------------------------------
 # Task container.
 # ---------------------------------------------------------------------------
@@ -278,6 +300,7 @@ class TaskData:
     ``groups`` / ``group_definition``, ``image_size``, ``storage`` (per split:
     "memory-host", "memory-device" or "stream"), ``counts`` (examples per split),
     ``class_counts`` / ``group_counts`` (per split, lists indexed by id),
+    ``train_empty_groups`` (names of the groups without training examples),
     ``limits`` and ``skipped`` (inputs the preparation left out, when known).
     """
 
@@ -326,6 +349,59 @@ def _check_range(name: str, values: np.ndarray, n: int, split: str) -> None:
         raise ValueError(f"{split}: {name} values outside [0, {n}): min {values.min()}, max {values.max()}")
 
 
+NAMED_GROUPS = 10  # empty groups named in a message (all are counted)
+
+
+def _listed(ids: Sequence[int], names: Sequence[str]) -> str:
+    """The first :data:`NAMED_GROUPS` names of ``ids``, then how many more."""
+    shown = ", ".join(repr(names[i]) for i in ids[:NAMED_GROUPS])
+    return shown + (f" and {len(ids) - NAMED_GROUPS} more" if len(ids) > NAMED_GROUPS else "")
+
+
+def empty_groups(groups: np.ndarray, num_groups: int) -> list[int]:
+    """The group ids in ``[0, num_groups)`` that no entry of ``groups`` has."""
+    return np.flatnonzero(np.bincount(np.asarray(groups, np.int64), minlength=num_groups)[:num_groups] == 0).tolist()
+
+
+def _checked_ids(spec: DatasetSpec, resolved: _Resolved, ids: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                 attr_names: Mapping[str, tuple[str, ...]], cutting_limits: Mapping[str, int]) -> list[str]:
+    """Checks per-split ``(labels, groups)``; returns the names of the groups without training examples.
+
+    Every group needs examples in val and test, where the fairness metrics are
+    measured (an empty group has no accuracy, and
+    :func:`ballot_jax.fairness.metrics_from_counts` refuses it): otherwise a
+    ``ValueError`` names the empty groups and how to fix the definition
+    (``cutting_limits``: the ``<split>_limit`` values that left examples out). A
+    group without training examples is allowed (the model never sees it; its
+    val/test accuracy is still a true number) and logged as a warning.
+    """
+    class_names, group_names = _names(resolved, attr_names)
+    for field, (labels, groups) in ids.items():
+        _check_range("label", labels, len(class_names), field)
+        _check_range("group", groups, len(group_names), field)
+    empty = {field: empty_groups(groups, len(group_names)) for field, (_, groups) in ids.items()}
+    key = _groups_key(resolved)
+    unmeasured = sorted(set(empty["val"]) | set(empty["test"]))
+    if unmeasured:
+        where = ", ".join(f"{len(empty[f])} of {len(group_names)} in {f}" for f in ("val", "test") if empty[f])
+        never = len(set(empty["train"]) & set(empty["val"]) & set(empty["test"]))
+        if resolved.intersect:
+            fix = f"choose a coarser groups= ('classes' or {resolved.group_attr!r})"
+        else:
+            fix = f"choose other groups= (valid: {', '.join(g for g in _group_choices(spec) if g != key)})"
+        limited = [f"{f}_limit (now {cutting_limits[f]})" for f in ("val", "test") if empty[f] and f in cutting_limits]
+        raise ValueError(
+            f"{spec.name}: groups={key!r} (label {resolved.label!r}) has groups without examples ({where}"
+            + (f"; {never} in no split at all" if never else "") + f"): {_listed(unmeasured, group_names)}. "
+            "An empty group has no accuracy, so CWV, MCD and every group metric would be undefined; "
+            + fix + (f", or raise {' and '.join(limited)}" if limited else ""))
+    if empty["train"]:
+        logger.warning("%s: groups=%r leaves %d of %d groups without training examples (%s); the model never "
+                       "sees them, their val/test accuracy is still measured", spec.name, key, len(empty["train"]),
+                       len(group_names), _listed(empty["train"], group_names))
+    return [group_names[i] for i in empty["train"]]
+
+
 def _assemble(
     spec: DatasetSpec,
     resolved: _Resolved,
@@ -334,25 +410,22 @@ def _assemble(
     image_size: int,
     extra_info: Mapping[str, Any],
 ) -> TaskData:
-    """Builds TaskData from per-split Split objects (already holding labels/groups)."""
+    """Builds TaskData from per-split Split objects (holding labels/groups already checked by :func:`_checked_ids`)."""
     label_attr = spec.attributes[resolved.label]
-    class_names = list(attr_names[resolved.label])
-    group_attr_names = attr_names[resolved.group_attr] if resolved.group_attr else None
-    group_names = _group_names(class_names, group_attr_names, resolved.intersect)
+    class_names, group_names = _names(resolved, attr_names)
     num_classes, num_groups = len(class_names), len(group_names)
     if resolved.group_attr is None:
         group_def = f"groups = classes ({label_attr.description})"
     else:
         attr = spec.attributes[resolved.group_attr]
-        group_def = (f"group = label * {len(group_attr_names)} + {attr.name} ({attr.description})"
+        group_def = (f"group = label * {len(attr_names[resolved.group_attr])} + {attr.name} ({attr.description})"
                      if resolved.intersect else f"group = {attr.name} ({attr.description})")
     info: dict[str, Any] = {
         "dataset": spec.name,
         "builder": spec.builder,
         "label": resolved.label,
         "label_definition": label_attr.description,
-        "groups": ("classes" if resolved.group_attr is None
-                   else (f"classes*{resolved.group_attr}" if resolved.intersect else resolved.group_attr)),
+        "groups": _groups_key(resolved),
         "group_definition": group_def,
         "image_size": image_size,
         "storage": {},
@@ -361,8 +434,6 @@ def _assemble(
         "group_counts": {},
     }
     for field, split in splits.items():
-        _check_range("label", split.labels, num_classes, field)
-        _check_range("group", split.groups, num_groups, field)
         info["counts"][field] = split.num_examples
         info["class_counts"][field] = _counts(split.labels, num_classes)
         info["group_counts"][field] = _counts(split.groups, num_groups)
@@ -402,18 +473,14 @@ def _load_quickstart(config: Any, spec: DatasetSpec, resolved: _Resolved) -> Tas
     )
     on_device = bool(_get(config, "data_on_device"))
     attr_names = {k: a.names for k, a in spec.attributes.items()}
-    splits: dict[str, ArraySplit] = {}
-    limits: dict[str, int | None] = {}
-    for field, stored in _SPLITS:
-        data = arrays[stored]
-        limit = _limit(config, field)
-        limits[field] = limit
-        keep = slice(None) if limit is None else slice(0, limit)
-        values = {"label": data["label"][keep], "color": data["color"][keep]}
-        labels, groups = _labels_groups(resolved, values, attr_names)
-        splits[field] = ArraySplit(data["image"][keep], labels, groups, on_device=on_device, name=field)
-    extra = {"limits": limits, "skipped": [], "note": "quickstart: a smoke demo built from sklearn digits, "
-             "not a benchmark (see ballot_jax.data.quickstart)"}
+    limits = {field: _limit(config, field) for field, _ in _SPLITS}
+    kept = {field: {k: v[: limits[field]] for k, v in arrays[stored].items()} for field, stored in _SPLITS}
+    ids = {field: _labels_groups(resolved, data, attr_names) for field, data in kept.items()}
+    cutting = {f: limits[f] for f, stored in _SPLITS if len(kept[f]["label"]) < len(arrays[stored]["label"])}
+    train_empty = _checked_ids(spec, resolved, ids, attr_names, cutting)
+    splits = {field: ArraySplit(kept[field]["image"], *ids[field], on_device=on_device, name=field) for field in kept}
+    extra = {"limits": limits, "skipped": [], "train_empty_groups": train_empty,
+             "note": "quickstart: a smoke demo built from sklearn digits, not a benchmark (see ballot_jax.data.quickstart)"}
     return _assemble(spec, resolved, splits, attr_names, image_size, extra)
 
 
@@ -500,6 +567,9 @@ def task_from_sources(
       feature_names: class names of ClassLabel features (e.g. the builder's
         ``info.features["label"].names``) overriding the built-in names.
       extra_info: merged into ``TaskData.info``.
+
+    Raises:
+      ValueError: as :func:`load_task`, checked before any image is read.
     """
     spec = _spec(dataset)
     if spec.builder is None:
@@ -531,12 +601,15 @@ def task_from_sources(
         indices = np.arange(n if limit is None else min(limit, n), dtype=np.int64)
         scanned[field] = (indices, _scan(label_sources[stored], indices, needed))
 
+    ids = {field: _labels_groups(resolved, values, attr_names) for field, (_, values) in scanned.items()}
+    cutting = {f: limits[f] for f, stored in _SPLITS if len(scanned[f][0]) < len(sources[stored])}
+    train_empty = _checked_ids(spec, resolved, ids, attr_names, cutting)  # before any image is read
     in_memory = _use_memory(config, [len(v[0]) for v in scanned.values()], image_size)
     on_device = bool(_get(config, "data_on_device"))
     splits: dict[str, Split] = {}
     for field, stored in _SPLITS:
-        indices, values = scanned[field]
-        labels, groups = _labels_groups(resolved, values, attr_names)
+        indices, _ = scanned[field]
+        labels, groups = ids[field]
         split = SourceSplit(sources[stored], labels, groups, image_size=image_size, indices=indices,
                             worker_count=int(_get(config, "worker_count")),
                             read_threads=int(_get(config, "read_threads")), name=field)
@@ -545,7 +618,7 @@ def task_from_sources(
                         image_size, image_size)
             split = split.materialize(on_device=on_device, progress=_progress_logger(f"{dataset}/{field}"))
         splits[field] = split
-    info = {"limits": limits, "skipped": []}
+    info = {"limits": limits, "skipped": [], "train_empty_groups": train_empty}
     info.update(extra_info or {})
     return _assemble(spec, resolved, splits, attr_names, image_size, info)
 
@@ -656,10 +729,11 @@ def _builder_feature_names(builder: Any) -> dict[str, list[str]]:
 
 
 def load_task(config: Any) -> TaskData:
-    """Loads the task described by ``config`` (keys and defaults: module docstring).
+    """Loads the task described by ``config`` (keys and defaults: :data:`DEFAULTS`).
 
     Raises:
-      ValueError: unknown dataset / label / groups (the message lists the valid ones).
+      ValueError: unknown dataset / label / groups / in_memory (the message lists
+        the valid ones), or groups without val or test examples (named).
       DataNotFoundError: the dataset is not prepared and its manual download is
         not in ``manual_dir`` (the message names the file and the directory).
     """

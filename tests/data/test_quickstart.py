@@ -68,6 +68,7 @@ def test_load_task_quickstart():
     assert batch["image"].shape == (32, 16, 16, 3) and 0.0 <= batch["image"].min() <= batch["image"].max() <= 1.0
     inter = load_quickstart(groups="classes*color", data_on_device=True, train_limit=100)
     assert inter.num_groups == 20 and inter.train.num_examples == 100 and inter.train.on_device
+    assert inter.info["train_empty_groups"] == ["1/gray", "6/color", "8/color"]  # a warning: val/test have them
     b = next(inter.test.batches(batch_size=32, epoch=0, seed=0, shuffle=False, augment=False))
     assert isinstance(b["image"], jax.Array)
     np.testing.assert_array_equal(np.asarray(b["group"]), np.asarray(b["label"]) * 2 + 0)  # colour versions first

@@ -12,7 +12,10 @@ from ballot_jax.data import tasks
 from ballot_jax.data.pipeline import ArraySplit, SourceSplit
 from ballot_jax.data.tasks import DataNotFoundError, TaskData, group_ids, load_task, task_from_sources
 
-SPLIT_SIZES = {"train": 23, "validation": 9, "test": 11}
+# Every split of the fakes holds every group the tests use (the first 10 examples of a split cover
+# race x gender, label x colour's labels, ...): tasks refuse groups without val or test examples.
+SPLIT_SIZES = {"train": 23, "validation": 12, "test": 11}
+UTK_AGES = (5, 25, 45, 65)  # one per age bin, plus up to 14 years
 
 
 def _images(rng, n, h=24, w=20):
@@ -25,8 +28,9 @@ def fake_utk(seed: int = 0) -> dict[str, list[dict]]:
     out = {}
     for split, n in SPLIT_SIZES.items():
         ims = _images(rng, n)
-        out[split] = [{"image": ims[i], "age": np.int32(rng.integers(1, 90)), "gender": np.int64(rng.integers(2)),
-                       "race": np.int64(rng.integers(5)), "filename": f"{split}{i}.jpg"} for i in range(n)]
+        out[split] = [{"image": ims[i], "age": np.int32(UTK_AGES[i % 4] + rng.integers(15)),
+                       "gender": np.int64(i // 5 % 2), "race": np.int64(i % 5), "filename": f"{split}{i}.jpg"}
+                      for i in range(n)]
     return out
 
 
@@ -36,7 +40,8 @@ def fake_celeb(seed: int = 0) -> dict[str, list[dict]]:
     for split, n in SPLIT_SIZES.items():
         ims = _images(rng, n, 30, 25)
         out[split] = [{"image": ims[i], "filename": f"{i:06d}.jpg",
-                       "attributes": {a: np.bool_(rng.integers(2)) for a in tasks.CELEB_A_ATTRIBUTES}}
+                       "attributes": {**{a: np.bool_(rng.integers(2)) for a in tasks.CELEB_A_ATTRIBUTES},
+                                      "Smiling": np.bool_(i % 2), "Male": np.bool_(i // 2 % 2)}}
                       for i in range(n)]
     return out
 
@@ -46,9 +51,16 @@ def fake_cifar10s(seed: int = 0) -> dict[str, list[dict]]:
     out = {}
     for split, n in SPLIT_SIZES.items():
         ims = _images(rng, n, 32, 32)
-        out[split] = [{"image": ims[i], "label": np.int64(rng.integers(10)), "color": np.int64(rng.integers(2))}
+        out[split] = [{"image": ims[i], "label": np.int64(i % 10), "color": np.int64(i // 10 % 2)}
                       for i in range(n)]
     return out
+
+
+def fake_cifar100(per_split: int = 100) -> dict[str, list[dict]]:
+    """CIFAR-100's label structure: every fine class belongs to one superclass (here label // 5)."""
+    image = np.zeros((4, 4, 3), np.uint8)
+    return {split: [{"image": image, "label": np.int64(i % 100), "coarse_label": np.int64(i % 100 // 5)}
+                    for i in range(per_split)] for split in ("train", "validation", "test")}
 
 
 def _cfg(**kw) -> ml_collections.ConfigDict:
@@ -82,7 +94,7 @@ def test_group_ids_constructed_example():
     assert group_ids(labels, attr, 2, True).dtype == np.int32
 
 
-@pytest.mark.parametrize("groups", ["classes", "gender", "age_bins", "classes*gender", "classes*race"])
+@pytest.mark.parametrize("groups", ["classes", "gender", "age_bins", "classes*gender"])
 def test_utk_labels_and_groups(groups):
     src = fake_utk()
     td = task_from_sources("utk_face", src, _cfg(label="race", groups=groups, image_size=16))
@@ -95,14 +107,14 @@ def test_utk_labels_and_groups(groups):
         gender = np.array([e["gender"] for e in src[stored]])
         age_bin = np.minimum(np.array([e["age"] for e in src[stored]]) // 20, 3)
         np.testing.assert_array_equal(_all(split, "label"), race)
-        expected = {"classes": race, "gender": gender, "age_bins": age_bin,
-                    "classes*gender": race * 2 + gender, "classes*race": race * 5 + race}[groups]
+        expected = {"classes": race, "gender": gender, "age_bins": age_bin, "classes*gender": race * 2 + gender}[groups]
         np.testing.assert_array_equal(_all(split, "group"), expected)
         assert td.info["counts"][field] == SPLIT_SIZES[stored]
         assert sum(td.info["group_counts"][field]) == SPLIT_SIZES[stored]
         assert td.info["group_counts"][field] == np.bincount(expected, minlength=td.num_groups).tolist()
-    want_groups = {"classes": 5, "gender": 2, "age_bins": 4, "classes*gender": 10, "classes*race": 25}[groups]
+    want_groups = {"classes": 5, "gender": 2, "age_bins": 4, "classes*gender": 10}[groups]
     assert td.num_groups == want_groups == len(td.group_names)
+    assert td.info["train_empty_groups"] == []
     if groups == "classes*gender":
         assert td.group_names[:3] == ["white/male", "white/female", "black/male"]
 
@@ -160,6 +172,58 @@ def test_limits_take_first_examples():
     assert td.val.num_examples == SPLIT_SIZES["validation"]
     np.testing.assert_array_equal(_all(td.train, "label"), [e["race"] for e in src["train"][:7]])
     assert td.info["limits"] == {"train": 7, "val": None, "test": 100}
+
+
+def test_groups_that_never_occur_are_refused_before_any_image_is_read():
+    """CIFAR-100's classes*coarse_label: each fine class has one superclass, so 1,900 of 2,000 groups are empty."""
+    src = fake_cifar100()
+    for split in src.values():  # the refusal must come from the label scan, not from reading images
+        for example in split:
+            example["image"] = None
+    with pytest.raises(ValueError) as err:
+        task_from_sources("cifar100", src, _cfg(groups="classes*coarse_label"))
+    msg = str(err.value)
+    assert msg.startswith("cifar100: groups='classes*coarse_label' (label 'label') has groups without examples "
+                          "(1900 of 2000 in val, 1900 of 2000 in test; 1900 in no split at all): "
+                          "'class_0/class_1', 'class_0/class_2', ")
+    assert "'class_0/class_10' and 1890 more." in msg and "\n" not in msg
+    assert msg.endswith("choose a coarser groups= ('classes' or 'coarse_label')")
+    # The same data grouped by superclass is fine.
+    src = fake_cifar100()
+    td = task_from_sources("cifar100", src, _cfg(groups="coarse_label", image_size=4))
+    assert td.num_groups == 20 and td.info["group_counts"]["val"] == [5] * 20
+
+
+def test_label_crossed_with_itself_is_refused():
+    with pytest.raises(ValueError, match=r"groups='classes\*race' \(label 'race'\).*20 of 25 in val, 20 of 25 in "
+                                         r"test; 20 in no split at all\): 'white/black', .* and 10 more"):
+        task_from_sources("utk_face", fake_utk(), _cfg(label="race", groups="classes*race"))
+
+
+def test_groups_missing_from_val_or_test_are_refused_naming_the_limit():
+    with pytest.raises(ValueError, match=r"groups='classes\*gender' .*\(2 of 10 in val\): 'indian/female', "
+                                         r"'others/female'\..*choose a coarser groups= \('classes' or 'gender'\), "
+                                         r"or raise val_limit \(now 8\)$"):
+        task_from_sources("utk_face", fake_utk(), _cfg(groups="classes*gender", val_limit=8))
+    with pytest.raises(ValueError, match=r"\(3 of 5 in test\): 'asian', 'indian', 'others'\. .*choose other groups= "
+                                         r"\(valid: race, gender, .*\), or raise test_limit \(now 2\)$"):
+        task_from_sources("utk_face", fake_utk(), _cfg(test_limit=2))
+
+
+def test_groups_missing_from_train_only_are_a_counted_warning(caplog):
+    with caplog.at_level("WARNING", logger=tasks.__name__):
+        td = task_from_sources("utk_face", fake_utk(), _cfg(train_limit=3, image_size=8))
+    assert td.info["train_empty_groups"] == ["indian", "others"]
+    assert td.info["group_counts"]["train"] == [1, 1, 1, 0, 0] and td.info["group_counts"]["test"][3:] == [2, 2]
+    assert "groups='classes' leaves 2 of 5 groups without training examples ('indian', 'others')" in caplog.text
+
+
+def test_quickstart_extreme_skew_by_colour_is_refused():
+    """color_fraction=1.0 leaves no gray 0-4 and no colour 5-9 in train and val: val cannot measure them."""
+    with pytest.raises(ValueError, match=r"quickstart: groups='classes\*color' \(label 'label'\) has groups without "
+                                         r"examples \(10 of 20 in val\): '0/gray', '1/gray', .* '9/color'\. "):
+        load_task(_cfg(dataset="quickstart", groups="classes*color", color_fraction=1.0))
+    assert load_task(_cfg(dataset="quickstart", groups="color", color_fraction=1.0)).num_groups == 2
 
 
 def test_in_memory_choices_give_same_batches():
@@ -300,17 +364,24 @@ def test_builder_name_is_an_alias():
 # --------------------------------------------------------------------------- real builders (tiny fixtures)
 
 
-def test_real_utk_face_builder_end_to_end(utk_manual_dir, tmp_path):
+def test_real_utk_face_builder_end_to_end(utk_manual_dir, tmp_path, monkeypatch):
     """Prepares the tiny UTKFace fixture on demand and reads it streamed and in memory."""
     from ballot_jax.data.builders.utk_face import parse_utkface_name
 
     base = dict(dataset="utk_face", data_dir=str(tmp_path / "tfds"), manual_dir=str(utk_manual_dir),
                 label="gender", groups="classes*race", image_size=32)
-    streamed = load_task(_cfg(in_memory=False, **base))
-    assert streamed.info["prepared_now"]
-    assert any("30_1_2_" in str(s) for s in streamed.info["skipped"])  # the corrupt fixture image
-    memory = load_task(_cfg(data_on_device=True, **base))
-    assert "prepared_now" not in memory.info  # second call: already prepared
+    with monkeypatch.context() as m:
+        # The fixture's val and test (2 and 4 images) cannot hold all 10 groups, which a real task must;
+        # the refusal is checked below, the reading here.
+        m.setattr(tasks, "_checked_ids", lambda *args: [])
+        streamed = load_task(_cfg(in_memory=False, **base))
+        assert streamed.info["prepared_now"]
+        assert any("30_1_2_" in str(s) for s in streamed.info["skipped"])  # the corrupt fixture image
+        memory = load_task(_cfg(data_on_device=True, **base))
+        assert "prepared_now" not in memory.info  # second call: already prepared
+    with pytest.raises(ValueError, match=r"groups='classes\*race' \(label 'gender'\) has groups without examples "
+                                         r"\(8 of 10 in val, 7 of 10 in test\)"):
+        load_task(_cfg(**base))
     assert isinstance(streamed.train, SourceSplit) and isinstance(memory.train, ArraySplit)
     assert streamed.class_names == ["male", "female"] and streamed.num_groups == 10
     total = sum(streamed.info["counts"].values())
