@@ -8,6 +8,7 @@ the devices, compile counts, checkpoints of replicated state, the bf16 compute o
 
 from __future__ import annotations
 
+import os
 import time
 
 import flax.linen as nn
@@ -267,3 +268,47 @@ def test_bf16_config_builds_bf16_model():
     logits, _ = jax.eval_shape(lambda v, x: train.forward(model.apply, v["params"], v["batch_stats"], mask, x, False),
                                variables, images)
     assert logits.dtype == jnp.float32 and logits.shape == (16, task.num_classes)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(workdir, out) -> list[str]:
+    """Runs tests/multihost_job.py as processes 0 and 1 (4 CPU devices each); their outputs."""
+    import subprocess
+    import sys
+
+    port = str(_free_port())
+    job = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_job.py")
+    procs = [subprocess.Popen([sys.executable, job, str(pid), "2", port, str(workdir), str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    return logs
+
+
+@pytest.mark.slow
+@needs8
+def test_two_processes_give_the_single_process_result(one_and_eight, tmp_path):
+    """jax.distributed over localhost, 2 processes × 4 devices: the votes and mask of the
+    single-process 8-device run; a rerun restores from both processes' checkpoints bit for bit."""
+    _, _, eight = one_and_eight
+    out = tmp_path / "two.npz"
+    logs = _two_processes(tmp_path / "work", out)
+    assert all("DONE" in log for log in logs)
+    got = np.load(out)
+    for layer, expected in eight["ballot"]["mask"].items():
+        np.testing.assert_array_equal(got["mask/" + layer], expected, err_msg=f"mask {layer}")
+    for layer, expected in eight["ballot"]["votes"].items():
+        np.testing.assert_array_equal(got["votes/" + layer], expected, err_msg=f"votes {layer}")
+    assert float(got["accuracy"]) == pytest.approx(eight["ballot"]["test"]["accuracy"], abs=1e-6)
+    again = tmp_path / "again.npz"
+    _two_processes(tmp_path / "work", again)  # every stage restored from the checkpoints
+    restored = np.load(again)
+    for key in got.files:
+        np.testing.assert_array_equal(restored[key], got[key], err_msg=key)
