@@ -14,6 +14,7 @@ from ml_collections import config_dict
 from ml_collections.config_flags import config_path
 
 from ballot_jax import masks, train
+from ballot_jax.data import tasks as data_tasks
 
 placeholder = config_dict.placeholder
 
@@ -32,25 +33,26 @@ def base_config() -> ml_collections.ConfigDict:
     c.sweep = ""  # comma-separated sparsities for a sweep over Ω (empty: just `sparsity`)
     c.accuracy_budget = 0.05  # ε: a method is "within budget" if dense acc − acc ≤ ε
     # --- data (ballot_jax.data.tasks) ------------------------------------------------------------
-    c.dataset = "quickstart"  # quickstart | utk_face | celeb_a | cifar10_s | cifar100 | tiny_imagenet
-    c.label = placeholder(str)  # attribute used as the class label (None: the dataset's default, e.g. utk_face: race)
-    c.groups = "classes"  # fairness groups: "classes" (paper), an attribute (race, gender, color, Male…) or "classes*ATTR"
-    c.image_size = placeholder(int)  # side length fed to the model (None: the dataset's default)
-    c.data_dir = placeholder(str)  # TFDS data dir (None: ~/tensorflow_datasets or $TFDS_DATA_DIR)
-    c.manual_dir = placeholder(str)  # where the downloaded archives are (None: <data_dir>/downloads/manual)
-    c.prepare = True  # prepare a missing dataset from manual_dir automatically
-    c.in_memory = "auto"  # hold the splits in memory (True), stream them (False) or decide by size ("auto")
-    c.in_memory_max_mb = 2048  # size limit of in_memory="auto"
-    c.data_on_device = False  # put in-memory splits on the accelerator (gather + augmentation jitted)
-    c.worker_count = 0  # grain worker processes for streamed splits (0: in process)
-    c.read_threads = 2  # grain reader threads for streamed splits
-    c.train_limit = placeholder(int)  # keep only the first N training examples (None: all)
-    c.val_limit = placeholder(int)  # keep only the first N validation examples (None: all)
-    c.test_limit = placeholder(int)  # keep only the first N test examples (None: all)
-    c.data_seed = 0  # quickstart only: seed of its split and colouring
-    c.color_fraction = 0.95  # quickstart only: share of digits 0-4 in colour (5-9: in gray)
-    c.val_fraction = 0.1  # quickstart only: validation share
-    c.test_fraction = 0.3  # quickstart only: test share
+    d = data_tasks.DEFAULTS  # the one home of the data defaults (their meanings are documented there too)
+    c.dataset = d["dataset"]  # quickstart | utk_face | celeb_a | cifar10_s | cifar100 | tiny_imagenet
+    c.label = config_dict.FieldReference(d["label"], field_type=str)  # attribute used as the class label (None: the dataset's default, e.g. utk_face: race)
+    c.groups = d["groups"]  # fairness groups: "classes" (paper), an attribute (race, gender, color, Male…) or "classes*ATTR"
+    c.image_size = config_dict.FieldReference(d["image_size"], field_type=int)  # side length fed to the model (None: the dataset's default)
+    c.data_dir = config_dict.FieldReference(d["data_dir"], field_type=str)  # TFDS data dir (None: ~/tensorflow_datasets or $TFDS_DATA_DIR)
+    c.manual_dir = config_dict.FieldReference(d["manual_dir"], field_type=str)  # where the downloaded archives are (None: <data_dir>/downloads/manual)
+    c.prepare = d["prepare"]  # prepare a missing dataset from manual_dir automatically
+    c.in_memory = d["in_memory"]  # hold the splits in memory ("true"), stream them ("false") or decide by size ("auto")
+    c.in_memory_max_mb = d["in_memory_max_mb"]  # size limit of in_memory="auto"
+    c.data_on_device = d["data_on_device"]  # put in-memory splits on the accelerator (gather + augmentation jitted)
+    c.worker_count = d["worker_count"]  # grain worker processes for streamed splits (0: in process)
+    c.read_threads = d["read_threads"]  # grain reader threads for streamed splits
+    c.train_limit = config_dict.FieldReference(d["train_limit"], field_type=int)  # keep only the first N training examples (None: all)
+    c.val_limit = config_dict.FieldReference(d["val_limit"], field_type=int)  # keep only the first N validation examples (None: all)
+    c.test_limit = config_dict.FieldReference(d["test_limit"], field_type=int)  # keep only the first N test examples (None: all)
+    c.data_seed = d["data_seed"]  # quickstart only: seed of its split and colouring
+    c.color_fraction = d["color_fraction"]  # quickstart only: share of digits 0-4 in colour (5-9: in gray)
+    c.val_fraction = d["val_fraction"]  # quickstart only: validation share
+    c.test_fraction = d["test_fraction"]  # quickstart only: test share
     c.augment = True  # random crop + horizontal flip on training batches
     # --- model ----------------------------------------------------------------------------------
     c.model = "cnn_small"  # cnn_small | resnet18 | resnet50 | vgg16

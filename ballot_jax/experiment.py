@@ -133,9 +133,8 @@ def run_method(ctx: loop.Context, name: str, dense: loop.RunState | None, variab
     state, meta = loop.run_stages(ctx, method.stages(ctx), state0, directory, run_name=f"seed {ctx.seed} {name}")
     seconds = time.perf_counter() - t0
     test = loop.evaluate(ctx, state.train, "test")
-    violations = masks.zero_violations(state.train.params, state.train.mask) if ctx.config.check_masks else None
-    if violations:
-        raise AssertionError(f"{name} (seed {ctx.seed}): {violations} masked weights are not zero — a bug, please report it")
+    integrity = loop.check_mask_integrity(state, f"{name} (seed {ctx.seed})") if ctx.config.check_masks else None
+    violations = None if integrity is None else integrity["nonzero_masked_weights"]
     result = {
         "method": name,
         "seed": ctx.seed,

@@ -178,14 +178,18 @@ def batch_weights(batch: Batch) -> jax.Array:
     return jnp.ones(batch["label"].shape, jnp.float32) if w is None else w.astype(jnp.float32)
 
 
+def with_learning_rate(opt_state: Any, lr: jax.Array) -> Any:
+    """``opt_state`` of an optimizer from :func:`make_optimizer` with its injected learning rate set to ``lr``."""
+    hyper = dict(opt_state.hyperparams, learning_rate=jnp.asarray(lr, jnp.float32))
+    return opt_state._replace(hyperparams=hyper)
+
+
 def masked_update(
     tx: optax.GradientTransformation, state: TrainState, grads: PyTree, lr: jax.Array
 ) -> tuple[PyTree, PyTree]:
     """One optimizer update with the mask applied to gradients, updates and new params."""
     grads = masks.apply_mask(grads, state.mask)
-    hyper = dict(state.opt_state.hyperparams, learning_rate=jnp.asarray(lr, jnp.float32))
-    opt_state = state.opt_state._replace(hyperparams=hyper)
-    updates, opt_state = tx.update(grads, opt_state, state.params)
+    updates, opt_state = tx.update(grads, with_learning_rate(state.opt_state, lr), state.params)
     updates = masks.apply_mask(updates, state.mask)
     params = masks.apply_mask(optax.apply_updates(state.params, updates), state.mask)
     return params, opt_state

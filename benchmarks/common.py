@@ -31,6 +31,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ballot_jax import loop  # noqa: E402
+
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 # Prepared TFDS data and decoded arrays live outside the repository (UTKFace must never be copied in).
 CACHE_DIR = Path(os.environ.get("BALLOT_BENCH_CACHE", str(Path(tempfile.gettempdir()) / "ballot_jax_bench")))
@@ -124,7 +126,7 @@ def report(name: str, rows: Sequence[Row], *, out_dir: str | Path | None = None,
         "devices": [str(d) for d in jax.devices()],
         "jax": jax.__version__,
         "rows": [dataclasses.asdict(r) for r in rows],
-        "meta": _jsonable(dict(meta or {})),
+        "meta": loop.jsonable(dict(meta or {})),
     }
     loads = f"{load_before} (start) / {load_after} (end)" if load_before else load_after
     if smoke:
@@ -137,19 +139,6 @@ def report(name: str, rows: Sequence[Row], *, out_dir: str | Path | None = None,
         f.write(f"# {name}\n\n{record['time']}, {loads}, jax {jax.__version__} on {record['platform']}\n\n")
         f.write(markdown_table(rows) + "\n")
     return record
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.generic, np.ndarray, jax.Array)):
-        a = np.asarray(x)
-        return a.item() if a.ndim == 0 else a.tolist()
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -213,9 +213,7 @@ def make_score_step(apply_fn, tx, num_groups: int, kind: str, lam: float):
             return ce + lam * fair, (losses, logits, stats, fair)
 
         (total, (losses, logits, stats, fair)), grads = jax.value_and_grad(loss_fn, has_aux=True)(scores)
-        hyper = dict(ts.opt_state.hyperparams, learning_rate=jnp.asarray(lr, jnp.float32))
-        opt_state = ts.opt_state._replace(hyperparams=hyper)
-        updates, opt_state = tx.update(grads, opt_state, scores)
+        updates, opt_state = tx.update(grads, train.with_learning_rate(ts.opt_state, lr), scores)
         scores = jax.tree.map(jnp.add, scores, updates)
         mask = score_mask(scores, quotas)
         params = masks.apply_mask(weights, mask)

@@ -344,6 +344,23 @@ class Conv(nn.Module):
 # --------------------------------------------------------------------------
 
 
+# He-normal with fan_out, as torchvision initialises ResNet convolutions.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv_and_norm(dtype: Any, conv_impl: str, train: bool, *, use_bias: bool = False) -> tuple[Callable, Callable]:
+    """The (conv, batch-norm) layer constructors every model here uses: He-normal fan-out kernels,
+    BatchNorm with momentum 0.9 and ε = 1e-5 (PyTorch's defaults), running averages unless ``train``."""
+    conv = functools.partial(Conv, use_bias=use_bias, dtype=dtype, kernel_init=conv_kernel_init, impl=conv_impl)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+    return conv, norm
+
+
+def scale_channels(channels: int, width: float) -> int:
+    """``channels * width`` rounded to an int, at least 1."""
+    return max(1, int(round(channels * width)))
+
+
 def _neg_inf(dtype: Any) -> Any:
     """Identity of ``max`` for ``dtype``."""
     if jnp.issubdtype(dtype, jnp.floating):

@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ballot_jax.models.resnet import conv_and_norm, scale_channels
+from ballot_jax.models.conv import conv_and_norm, scale_channels
 
 
 class SmallCNN(nn.Module):

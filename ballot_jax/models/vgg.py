@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ballot_jax.models.conv import max_pool_impl
-from ballot_jax.models.resnet import conv_and_norm, scale_channels
+from ballot_jax.models.conv import conv_and_norm, scale_channels
 
 # Channel counts; "M" marks a 2x2/2 max-pool.
 VGG16_CFG: tuple[int | str, ...] = (
