@@ -15,6 +15,7 @@ is carried that a restore could get wrong.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -208,7 +209,22 @@ def train_epoch(
 
 
 def evaluate(ctx: Context, ts: train.TrainState, split_name: str) -> dict[str, Any]:
-    """Fairness and accuracy metrics of the masked model on a split (one device pass)."""
+    """Fairness and accuracy metrics of the masked model on a split (one device pass).
+
+    The same weights evaluated again on the same split (e.g. the dense run's last epoch and its
+    end) reuse the first result: arrays are immutable, so the same array objects hold the same values.
+    """
+    weights = jax.tree.leaves((ts.params, ts.batch_stats, ts.mask))
+    memo = ctx.cached("evaluate_memo", dict)
+    last = memo.get(split_name)
+    if last is not None and len(last[0]) == len(weights) and all(a is b for a, b in zip(last[0], weights)):
+        return copy.deepcopy(last[1])
+    metrics = _evaluate(ctx, ts, split_name)
+    memo[split_name] = (weights, copy.deepcopy(metrics))
+    return metrics
+
+
+def _evaluate(ctx: Context, ts: train.TrainState, split_name: str) -> dict[str, Any]:
     split = getattr(ctx.task, split_name)
     counts = train.evaluate_counts(
         ctx.eval_step,
@@ -240,8 +256,8 @@ def initial_state(ctx: Context, variables: Mapping[str, PyTree], extras: PyTree 
     mask = masks.init_mask(params, ctx.is_prunable)
     return ctx.replicate(RunState(
         train=fresh_train_state(ctx, params, batch_stats, mask),
-        rewind_params=jax.tree.map(jnp.copy, params),
-        rewind_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+        rewind_params=train.copy_tree(params),
+        rewind_batch_stats=train.copy_tree(batch_stats),
         votes=votes if votes is not None else {},
         extras=extras if extras is not None else {},
     ))
@@ -253,27 +269,48 @@ def initial_state(ctx: Context, variables: Mapping[str, PyTree], extras: PyTree 
 
 
 def _manager(directory: str):
+    """An Orbax manager that writes asynchronously: ``save`` returns once the state is copied to
+    the host, and the write (to a temporary directory, renamed when complete) overlaps the next
+    epoch. A kill mid-write leaves the previous checkpoint as the newest complete one."""
     import orbax.checkpoint as ocp
 
     return ocp.CheckpointManager(
         os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True, enable_async_checkpointing=False),
+        options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True, enable_async_checkpointing=True),
+    )
+
+
+def _write_error(mngr, index: int, e: OSError) -> CheckpointError:
+    previous = [i for i in mngr.all_steps() if i != index]
+    return CheckpointError(
+        f"could not write checkpoint {index} to {mngr.directory}: {e}. "
+        + (f"The previous checkpoint ({max(previous)}) is intact: " if previous else "")
+        + "free disk space (or choose another --workdir) and rerun the same command to resume."
     )
 
 
 def _save(mngr, index: int, state: RunState, meta: Mapping[str, Any]) -> None:
+    """Starts writing checkpoint ``index`` (waiting first for the previous write to finish)."""
     import orbax.checkpoint as ocp
 
     try:
+        mngr.wait_until_finished()  # a failed previous write raises here, before anything newer is started
+    except OSError as e:
+        raise _write_error(mngr, index - 1, e) from e
+    try:
         mngr.save(index, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))))
+    except OSError as e:
+        raise _write_error(mngr, index, e) from e
+
+
+def _finish(mngr, index: int) -> None:
+    """Waits for the last checkpoint write and releases the manager's threads."""
+    try:
         mngr.wait_until_finished()
     except OSError as e:
-        previous = [i for i in mngr.all_steps() if i != index]
-        raise CheckpointError(
-            f"could not write checkpoint {index} to {mngr.directory}: {e}. "
-            + (f"The previous checkpoint ({max(previous)}) is intact: " if previous else "")
-            + "free disk space (or choose another --workdir) and rerun the same command to resume."
-        ) from e
+        raise _write_error(mngr, index, e) from e
+    finally:
+        mngr.close()
 
 
 def _restore_latest(mngr, target: RunState) -> tuple[RunState, dict] | None:
@@ -307,7 +344,8 @@ def run_stages(
     With ``check_masks`` (default) every stage ends with :func:`check_mask_integrity`, whose
     result is logged with the stage.
 
-    Returns the final state and the run record ``{"stages": [...], "log": [info, ...],
+    Checkpoints are written asynchronously (:func:`_manager`); the last one has landed when this
+    returns. Returns the final state and the run record ``{"stages": [...], "log": [info, ...],
     "done": True}``. With a ``directory`` holding a finished run, nothing is recomputed. ``state``
     must have the structure every checkpoint of this run has (it is the restore target).
     """
@@ -319,10 +357,12 @@ def run_stages(
     if mngr is not None and mngr.all_steps():
         restored = _restore_latest(mngr, state)
         if restored is None:
+            mngr.close()
             raise CheckpointError(f"no readable checkpoint in {directory}; delete it to start over")
         state, meta = restored
         index = max(mngr.all_steps()) + 1
         if meta.get("stages") != names:
+            mngr.close()
             raise CheckpointError(
                 f"{directory} holds a run with stages {meta.get('stages')}, not {names}: "
                 "use another work directory for a different configuration"
@@ -334,7 +374,7 @@ def run_stages(
         nonlocal index, state
         state = ctx.replicate(state)  # arrays made on the host side (e.g. group weights) join the mesh too
         if mngr is not None:
-            _save(mngr, index, state, meta)
+            _save(mngr, index, state, copy.deepcopy(meta))  # meta keeps growing while the write runs
             index += 1
 
     def record(stage: Stage, phase: str, epoch: int | None, info: Info):
@@ -351,34 +391,38 @@ def run_stages(
                                                    **jsonable(timing)})
         log.info("%s %s %s", run_name, entry, timing or "")
 
-    while meta["stage"] < len(stages):
-        stage = stages[meta["stage"]]
-        if meta["phase"] == "begin":
-            if stage.begin is not None:
-                state, info = stage.begin(ctx, state)
-                record(stage, "begin", None, info)
-            meta.update(phase="epochs", epoch=0)
-            checkpoint()
-        if meta["phase"] == "epochs":
-            while meta["epoch"] < stage.epochs:
-                e = meta["epoch"]
-                state, info = stage.epoch(ctx, state, e)
-                record(stage, "epoch", e, info)
-                meta["epoch"] = e + 1
+    try:
+        while meta["stage"] < len(stages):
+            stage = stages[meta["stage"]]
+            if meta["phase"] == "begin":
+                if stage.begin is not None:
+                    state, info = stage.begin(ctx, state)
+                    record(stage, "begin", None, info)
+                meta.update(phase="epochs", epoch=0)
                 checkpoint()
-            meta["phase"] = "end"
-        if meta["phase"] == "end":
-            info = {}
-            if stage.end is not None:
-                state, info = stage.end(ctx, state)
-            if check_masks:
-                info = dict(info, mask_check=check_mask_integrity(state, f"{run_name} stage {stage.name!r}"))
-            if stage.end is not None or check_masks:
-                record(stage, "end", None, info)
-            meta.update(stage=meta["stage"] + 1, phase="begin", epoch=0)
-            if meta["stage"] == len(stages):
-                meta["done"] = True
-            checkpoint()
+            if meta["phase"] == "epochs":
+                while meta["epoch"] < stage.epochs:
+                    e = meta["epoch"]
+                    state, info = stage.epoch(ctx, state, e)
+                    record(stage, "epoch", e, info)
+                    meta["epoch"] = e + 1
+                    checkpoint()
+                meta["phase"] = "end"
+            if meta["phase"] == "end":
+                info = {}
+                if stage.end is not None:
+                    state, info = stage.end(ctx, state)
+                if check_masks:
+                    info = dict(info, mask_check=check_mask_integrity(state, f"{run_name} stage {stage.name!r}"))
+                if stage.end is not None or check_masks:
+                    record(stage, "end", None, info)
+                meta.update(stage=meta["stage"] + 1, phase="begin", epoch=0)
+                if meta["stage"] == len(stages):
+                    meta["done"] = True
+                checkpoint()
+    finally:
+        if mngr is not None:
+            _finish(mngr, index - 1)  # the last write lands (or its error is raised) before returning
     meta["done"] = True
     return state, meta
 
