@@ -73,7 +73,8 @@ def init_mask(params: PyTree, is_prunable: PathFilter | None = None) -> Mask:
     """An all-kept mask: ``True`` arrays on prunable leaves, ``None`` elsewhere."""
     is_prunable = is_prunable or prunable_filter()
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: jnp.ones(jnp.shape(x), jnp.bool_) if is_prunable(_keys(p), x) else None,
+        # built on the host and transferred: no per-shape compilation of an eager jnp.ones
+        lambda p, x: jnp.asarray(np.ones(np.shape(x), np.bool_)) if is_prunable(_keys(p), x) else None,
         params,
     )
 

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ballot_jax import conflicts, loop, masks
+from ballot_jax import conflicts, loop, masks, train
 from ballot_jax.methods import Method, common, register
 
 VOTE_SOURCES = ("pass", "train_steps")
@@ -161,8 +161,8 @@ def initial_state(ctx: loop.Context, dense: loop.RunState) -> loop.RunState:
     extras = {
         "score_sum": conflicts.zeros_like_mask(ts.mask, ts.params),
         "weights_g": jnp.ones((ctx.task.num_groups,), jnp.float32),
-        "trained_params": jax.tree.map(jnp.copy, ts.params),
-        "trained_batch_stats": jax.tree.map(jnp.copy, ts.batch_stats),
+        "trained_params": train.copy_tree(ts.params),
+        "trained_batch_stats": train.copy_tree(ts.batch_stats),
         "rounds": jnp.zeros((), jnp.int32),
     }
     return dense.replace(votes=votes, extras=extras)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from ballot_jax import loop, masks
+from ballot_jax import loop, masks, train
 
 DENSE_TAG, TICKET_TAG, RETRAIN_TAG = 1, 2, 3
 
@@ -55,8 +55,8 @@ def dense_stage(ctx: loop.Context) -> loop.Stage:
 
         def after_step(ts, step):
             if k and step == k:
-                captured["params"] = jax.tree.map(jnp.copy, ts.params)
-                captured["batch_stats"] = jax.tree.map(jnp.copy, ts.batch_stats)
+                captured["params"] = train.copy_tree(ts.params)
+                captured["batch_stats"] = train.copy_tree(ts.batch_stats)
 
         ts, info, _ = loop.train_epoch(c, state.train, stage="dense", stage_tag=DENSE_TAG, epoch=e, epochs=epochs,
                                        after_step=after_step if k else None)

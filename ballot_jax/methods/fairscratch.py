@@ -156,7 +156,7 @@ def _fan_in(shape: tuple[int, ...]) -> int:
 def frozen_weights(ctx: loop.Context, params: Any, mask: masks.Mask, kind: str, densities: Any) -> Any:
     """The weights kept frozen for the run (only prunable kernels differ from ``params``)."""
     if kind == "model":
-        return jax.tree.map(jnp.copy, params)
+        return train.copy_tree(params)
     rng = np.random.default_rng([int(ctx.seed) & 0xFFFFFFFF, FS_TAG, 0])
 
     def replace(m, p, d):
@@ -251,7 +251,7 @@ def _initial_state(ctx: loop.Context, state0: loop.RunState) -> loop.RunState:
     ts = train.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=masks.apply_mask(weights, mask),
-        batch_stats=jax.tree.map(jnp.copy, state0.rewind_batch_stats),
+        batch_stats=train.copy_tree(state0.rewind_batch_stats),
         opt_state=tx.init(scores),
         mask=mask,
     )
@@ -272,7 +272,7 @@ def _stages(ctx: loop.Context) -> list[loop.Stage]:
                                     masks.quotas_of(state.train.mask))
         weights = state.rewind_params
         spe = c.steps_per_epoch
-        hold = {"scores": jax.tree.map(jnp.copy, state.extras["scores"]), "t": e * spe}
+        hold = {"scores": train.copy_tree(state.extras["scores"]), "t": e * spe}
 
         def step_fn(ts, batch, _lr):
             lr = lrs[min(hold["t"], len(lrs) - 1)]
