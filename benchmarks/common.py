@@ -74,6 +74,15 @@ class Row:
         return {True: "yes", False: "NO", None: "-"}[self.met]
 
 
+def process_age_seconds() -> float:
+    """Seconds since this process started (Linux /proc: what the peer prototype reports too)."""
+    with open("/proc/self/stat") as f:
+        start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as f:
+        boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    return time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def loadavg() -> tuple[float, float, float]:
     """(1, 5, 15)-minute load averages."""
     return os.getloadavg()
@@ -307,13 +316,15 @@ def small_resnet(num_classes: int = 10, conv_impl: str = "auto", smoke: bool = F
     return models.create("resnet18", num_classes=num_classes, width=0.25, stem="cifar", conv_impl=conv_impl)
 
 
-def reference_resnet(conv_impl: str = "auto", num_classes: int = 5, smoke: bool = False):
-    """The reference-setting model: ResNet-18, ImageNet stem, width 1.0 (``cnn_small`` in smoke runs)."""
+def reference_resnet(conv_impl: str = "auto", num_classes: int = 5, smoke: bool = False, dtype: str = "float32"):
+    """The reference-setting model: ResNet-18, ImageNet stem, width 1.0 (``cnn_small`` in smoke runs);
+    ``dtype`` is the compute dtype (params stay float32)."""
     from ballot_jax import models
 
+    dt = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     if smoke:
-        return models.create("cnn_small", num_classes=num_classes, width=0.5, conv_impl=conv_impl)
-    return models.create("resnet18", num_classes=num_classes, width=1.0, stem="imagenet", conv_impl=conv_impl)
+        return models.create("cnn_small", num_classes=num_classes, width=0.5, conv_impl=conv_impl, dtype=dt)
+    return models.create("resnet18", num_classes=num_classes, width=1.0, stem="imagenet", conv_impl=conv_impl, dtype=dt)
 
 
 def synthetic_arrays(n: int, hw: int, num_classes: int, num_groups: int, seed: int) -> tuple[np.ndarray, ...]:

@@ -207,7 +207,9 @@ def patch_train_epoch(clock: Clock, records: list[dict]):
 
 
 def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
-        conv_impl: str = "auto") -> tuple[list[Row], dict]:
+        conv_impl: str = "auto", reference: str | None = None, torch_python: str | None = None) -> tuple[list[Row], dict]:
+    del torch_python  # handled by main(): the prototype runs first, in its own process
+    prototype = _load_prototype(reference) if reference else None
     from ballot_jax import experiment, loop, train
     from ballot_jax.data import ArraySplit, TaskData
     from ballot_jax.data.builders import RACE_NAMES
@@ -225,8 +227,12 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
     cfg = common.config(dataset="utk_face", model="cnn_small" if smoke else "resnet18", width=0.5 if smoke else 1.0,
                         stem="imagenet", conv_impl=conv_impl, learning_rate=0.1, momentum=0.9, weight_decay=2e-4,
                         batch_size=32, eval_batch_size=256, retrain_epochs=epochs, dense_epochs=epochs, sparsity=0.95,
-                        augment=False, seeds=1, ballot={"vote_epochs": epochs, "vote_source": vote_source,
-                                                        "vote_data": "val", "diag_batches": 0})
+                        augment=False, seeds=1,
+                        # the prototype's work: votes along the masked ticket's training, gradient
+                        # scores, the mask rewound to θ0
+                        ballot={"vote_epochs": epochs, "vote_source": vote_source, "vote_data": "val",
+                                "diag_batches": 0, "criterion": "gradient", "vote_trajectory": "ticket",
+                                "retrain_from": "rewind_point"})
     model = experiment.build_model(cfg, task)
 
     records: list[dict] = []
@@ -295,7 +301,12 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
                     f"hooks {hooks_s:.1f} s, checkpoints/other {total - epoch_sum - hooks_s:.1f} s; all compilation "
                     f"{compile_total:.1f} s ({len(backend)} XLA compiles, train step compiled {step_cache}x, longest "
                     + ", ".join(f"{n} {d:.0f} s" for n, d in backend[:4]) + f"); test accuracy {test['accuracy']:.3f}"))
-    meta = {"records": records, "per_stage_epoch_seconds": per_stage, "epoch_sum": epoch_sum, "total": total,
+    process_wall = common.process_age_seconds()
+    rows.append(Row("P4", "  process wall time (start to results)", process_wall, "s", "info", None,
+                    "the prototype's process_wall_s measures the same"))
+    if prototype is not None:
+        rows += side_by_side(prototype, process_wall, float(np.median(ips)))
+    meta = {"process_wall_s": process_wall, "prototype": prototype, "records": records, "per_stage_epoch_seconds": per_stage, "epoch_sum": epoch_sum, "total": total,
             "compile_total": compile_total, "shares": {"compile": comp_s, "input": input_s, "training": train_s,
                                                         "voting": vote_s, "hooks": hooks_s},
             "data": data_info, "real_archive": real, "test_accuracy": test["accuracy"], "checkpoint": checkpoint,
@@ -304,8 +315,66 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
     return rows, meta
 
 
+PEER_SCRIPT = common.ROOT.parent / "shared" / "peer" / "prototype_pipeline.py"
+GOAL_WALL_RATIO = 0.8  # P4: whole run ≤ 0.8× the prototype's process wall time (stretch 0.5×)
+
+
+def _load_prototype(path: str) -> dict[str, Any]:
+    """The prototype's timing JSON (``prototype_pipeline.py --out``), checked for the reference setting."""
+    import json
+
+    with open(path) as f:
+        proto = json.load(f)
+    missing = [k for k in ("process_wall_s", "images_per_second", "epochs", "n_train") if k not in proto]
+    if missing:
+        raise SystemExit(f"error: {path} is not a prototype_pipeline.py timing JSON (missing {', '.join(missing)})")
+    if proto["epochs"] != 2 or proto["n_train"] != 3600:
+        raise SystemExit(f"error: {path} was run with --epochs {proto['epochs']} and {proto['n_train']} training "
+                         "images; the reference setting is --epochs 2 --train 4000 (3,600 after the val split)")
+    return proto
+
+
+def side_by_side(proto: dict[str, Any], process_wall: float, images_per_s: float) -> list[Row]:
+    """P4 and P7 against the prototype timed on this machine (its JSON)."""
+    wall_ratio = process_wall / float(proto["process_wall_s"])
+    ips_ratio = images_per_s / float(proto["images_per_second"]["dense"])
+    load = f"prototype load {proto.get('loadavg_start')} → {proto.get('loadavg_end')}"
+    return [
+        Row("P4", "whole run / prototype's, process wall time, same machine", wall_ratio, "x",
+            f"<= {GOAL_WALL_RATIO}x (stretch 0.5x)", wall_ratio <= GOAL_WALL_RATIO,
+            f"{process_wall:.0f} s vs {float(proto['process_wall_s']):.0f} s; {load}"),
+        Row("P7", "training images/s / prototype's dense training images/s", ips_ratio, "x", ">= 1.0x",
+            ips_ratio >= 1.0, f"{images_per_s:.1f} vs {float(proto['images_per_second']['dense']):.1f} img/s"),
+    ]
+
+
+def run_both(torch_python: str, argv: list[str]) -> None:
+    """The prototype (in its own torch environment), then this benchmark in a fresh process with
+    ``--reference`` set to the prototype's JSON: back to back on the same machine."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        timing = str(Path(tmp) / "prototype_timing.json")
+        cmd = [torch_python, str(PEER_SCRIPT), "--epochs", "2", "--train", "4000", "--threads", "2", "--out", timing]
+        print("prototype:", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, __file__, *argv, "--reference", timing], check=True)
+
+
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(argv):  # --torch-python=PATH or --torch-python PATH
+        if a == "--torch-python" and i + 1 < len(argv):
+            return run_both(argv[i + 1], argv[:i] + argv[i + 2:])
+        if a.startswith("--torch-python="):
+            return run_both(a.split("=", 1)[1], argv[:i] + argv[i + 1:])
+
     def extra(p):
+        p.add_argument("--reference", default=None, help="the prototype's timing JSON (prototype_pipeline.py --out), "
+                       "measured on this machine just before: adds the P4/P7 side-by-side rows")
+        p.add_argument("--torch-python", dest="torch_python", default=None,
+                       help="=PATH: a python with torch (see ../shared/peer/README.md): run the prototype first, then "
+                       "this benchmark with --reference")
         p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false", help="run without Orbax checkpoints")
         p.add_argument("--vote-source", dest="vote_source", default="pass", choices=("pass", "train_steps"))
         p.add_argument("--conv-impl", dest="conv_impl", default="auto", choices=("auto", "xla", "patches"))

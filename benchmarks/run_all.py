@@ -23,7 +23,8 @@ from benchmarks import common  # noqa: E402
 from benchmarks.common import Row  # noqa: E402
 
 # Order of the table: cheap ratios first, the reference pipeline last.
-BENCHMARKS = ("vote_cost", "vote_step", "masked_step", "compilations", "input_pipeline", "flops", "throughput",
+BENCHMARKS = ("vote_cost", "vote_step", "masked_step", "compilations", "checkpoint_cost", "input_pipeline", "flops",
+              "throughput", "xla_flags",
               "pipeline_reference", "quickstart")
 
 

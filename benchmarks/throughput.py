@@ -27,11 +27,12 @@ GOAL_LOGIT_DIFF = 1e-3
 
 
 def run(smoke: bool = False, steps: int | None = None, rounds: int | None = None,
-        impls: str = "xla,auto") -> tuple[list[Row], dict]:
+        impls: str = "xla,auto", dtype: str = "float32") -> tuple[list[Row], dict]:
     from benchmarks.masked_step import make_states
     from benchmarks.flops import step_flops
     from ballot_jax import train
 
+    # "auto" or "auto@bfloat16": a lowering, optionally with its compute dtype (default ``dtype``)
     impl_list = [s.strip() for s in impls.split(",") if s.strip()]
     hw, batch_size = (16, 8) if smoke else (64, 32)
     steps = steps or (1 if smoke else 4)
@@ -39,7 +40,8 @@ def run(smoke: bool = False, steps: int | None = None, rounds: int | None = None
     lr = np.float32(0.01)
     models, states, fns, flops = {}, {}, {}, {}
     for impl in impl_list:
-        models[impl] = common.reference_resnet(impl, smoke=smoke)
+        lowering, _, dt = impl.partition("@")
+        models[impl] = common.reference_resnet(lowering, smoke=smoke, dtype=dt or dtype)
         states[impl], _, batch, tx = make_states(models[impl], hw, batch_size=batch_size)
         fns[impl] = train.make_train_step(models[impl].apply, tx)
         flops[impl] = step_flops(fns[impl], states[impl], batch, lr)
@@ -82,7 +84,9 @@ def main(argv=None):
     def extra(p):
         p.add_argument("--steps", type=int, default=None, help="steps per measurement (default 4)")
         p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3)")
-        p.add_argument("--impls", default="xla,auto", help="comma-separated conv_impl values")
+        p.add_argument("--impls", default="xla,auto", help="comma-separated conv_impl values, each optionally "
+                       "@dtype (auto@bfloat16)")
+        p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
 
     return common.standard_main(NAME, __doc__.splitlines()[0], run, argv, extra)
 

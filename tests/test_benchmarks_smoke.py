@@ -78,3 +78,19 @@ def test_every_script_has_a_smoke_flag() -> None:
     for name in NAMES + ("run_all",):
         text = (ROOT / "benchmarks" / f"{name}.py").read_text()
         assert "--smoke" in text or "common.standard_main" in text, name
+
+
+def test_pipeline_reference_side_by_side_rows(tmp_path: Path) -> None:
+    """P4/P7 against the prototype's timing JSON: ratios from its process wall time and dense img/s."""
+    from benchmarks import pipeline_reference as pr
+
+    proto = {"process_wall_s": 300.0, "images_per_second": {"dense": 120.0}, "epochs": 2, "n_train": 3600,
+             "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [1.2, 1.0, 1.0]}
+    path = tmp_path / "timing.json"
+    path.write_text(json.dumps(proto))
+    wall, ips = pr.side_by_side(pr._load_prototype(str(path)), process_wall=240.0, images_per_s=90.0)
+    assert wall.value == pytest.approx(0.8) and wall.met
+    assert ips.value == pytest.approx(0.75) and ips.met is False
+    path.write_text(json.dumps(dict(proto, epochs=1)))
+    with pytest.raises(SystemExit, match="--epochs 2 --train 4000"):
+        pr._load_prototype(str(path))
