@@ -84,7 +84,7 @@ def test_pipeline_reference_side_by_side_rows(tmp_path: Path) -> None:
     """P4/P7 against the prototype's timing JSON: ratios from its process wall time and dense img/s."""
     from benchmarks import pipeline_reference as pr
 
-    proto = {"process_wall_s": 300.0, "images_per_second": {"dense": 120.0}, "epochs": 2, "n_train": 3600,
+    proto = {"process_wall_s": 300.0, "images_per_second": {"dense": 120.0}, "epochs": 2, "n_train": 4000,
              "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [1.2, 1.0, 1.0]}
     path = tmp_path / "timing.json"
     path.write_text(json.dumps(proto))
