@@ -301,12 +301,17 @@ def use_compilation_cache(directory: str) -> str | None:
 def config_conflicts(saved: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Result-changing keys (dotted, ``lth.rate``) whose value differs between a saved config and ``config``.
 
-    Keys only one side has are ignored: a key added to :func:`ballot_jax.config.base_config` by a
-    newer version keeps its default, so an old work directory still resumes.
+    A key only ``config`` has is ignored: a key added to :func:`ballot_jax.config.base_config` by a
+    newer version keeps its default, so an old work directory still resumes. A key only the saved
+    config has was renamed or removed since (``epochs`` is now ``retrain_epochs``): its runs may have
+    used a setting this version cannot express, so it is a conflict (value, ``"<absent>"``).
     """
     saved, config = (config_lib.flat_keys(json.loads(json.dumps(loop.jsonable(x)))) for x in (saved, config))  # tuples → lists
-    return {key: (saved[key], config[key]) for key in sorted(set(saved) & set(config))
-            if key.split(".")[0] not in NEUTRAL_KEYS and saved[key] != config[key]}
+    return {key: (saved[key], config.get(key, ABSENT)) for key in sorted(saved)
+            if key.split(".")[0] not in NEUTRAL_KEYS and saved[key] != config.get(key, ABSENT)}
+
+
+ABSENT = "<absent>"  # a saved key this version of the config does not have
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:

@@ -47,6 +47,8 @@ def _one(flags: str, impls: str, steps: int, smoke: bool) -> dict[str, float]:
 def run(smoke: bool = False, rounds: int | None = None, steps: int | None = None, impls: str = "xla,auto",
         candidates: str = ",".join(CANDIDATES)) -> tuple[list[Row], dict]:
     names = [c.strip() for c in candidates.split(",") if c.strip()]
+    if smoke:  # that the flags reach a fresh process: the default and one candidate, one lowering
+        names, impls = names[:2], impls.split(",")[-1]
     rounds = rounds or (1 if smoke else 2)
     steps = steps or (1 if smoke else 4)
     times: dict[str, list[dict[str, float]]] = {n: [] for n in names}

@@ -47,14 +47,14 @@ def test_single_device_run(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "run.py"),
                            "--config=" + os.path.join(REPO, "configs", "quickstart.py"), f"--workdir={workdir}",
                            "--config.seeds=1", "--config.dense_epochs=1", "--config.retrain_epochs=1",
-                           "--config.ballot.vote_epochs=1", "--config.methods=ballot,lth", "--config.lth.round_epochs=1",
+                           "--config.ballot.vote_epochs=1", "--config.methods=ballot,magnitude",
                            "--config.progress=False", "--config.plots=False", "--config.compilation_cache_dir="],
                           capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     timings = json.loads((workdir / "timings.json").read_text())
     assert timings["devices"] == 1
     results = json.loads((workdir / "results.json").read_text())
-    assert [r["method"] for r in results["runs"]] == ["ballot", "lth"]
+    assert [r["method"] for r in results["runs"]] == ["ballot", "magnitude"]
     for run in results["runs"]:
         assert run["mask_integrity"]["nonzero_masked_weights"] == 0
         assert run["sparsity"] == pytest.approx(0.8, abs=1e-3)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.seeds=1", "--config.methods=ballot,lth", "--config.dense_epochs=1", "--config.retrain_epochs=1",
+TINY = ["--config.seeds=1", "--config.methods=ballot,magnitude", "--config.dense_epochs=1", "--config.retrain_epochs=1",
         "--config.ballot.vote_epochs=1", "--config.lth.round_epochs=1", "--config.progress=False", "--config.plots=False"]
 
 

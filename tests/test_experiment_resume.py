@@ -2,11 +2,12 @@
 
 A tiny quickstart comparison (``tests/experiment_job.py``: dense, Ballot, magnitude, one seed) is
 SIGKILLed at several points in turn — inside dense training, inside the voting trajectory, in the
-middle of a checkpoint write (also inside voting), between two methods; the default suite skips
-the plain voting-epoch kill, ``slow`` adds it — each time rerun on the same work directory,
-and must end with the uninterrupted run's ``results.json`` byte for byte and the same masks,
-never retraining an epoch whose checkpoint had landed. Separately (``slow``), two fresh
+middle of a checkpoint write (also inside voting), between two methods — each time rerun on the
+same work directory, and must end with the uninterrupted run's ``results.json`` byte for byte and
+the same masks, never retraining an epoch whose checkpoint had landed. Separately, two fresh
 processes with the same seed write byte-identical ``results.json`` and another seed differs.
+Every test here is ``slow`` (minutes of whole comparisons); CI runs them after the default suite,
+which checks resuming at the loop level (``tests/test_reliability.py``, ``tests/test_loop.py``).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ BETWEEN = ("after:ballot", True)  # between methods: Ballot finished, magnitude 
 
 
 @pytest.mark.parametrize("kills", [
-    pytest.param([DENSE, MID_WRITE, BETWEEN], id="dense,mid-write,between"),
+    pytest.param([DENSE, MID_WRITE, BETWEEN], id="dense,mid-write,between", marks=pytest.mark.slow),
     pytest.param([DENSE, VOTING, MID_WRITE, BETWEEN], id="dense,voting,mid-write,between", marks=pytest.mark.slow),
 ])
 def test_killed_comparison_resumes_to_identical_results(reference, tmp_path, kills) -> None:

@@ -1,9 +1,9 @@
 """Tests of ballot_jax.loop: determinism, resume after SIGKILL, no recomputation of finished work.
 
 These drive the stage machine alone (``tests/loop_job.py``: TinyNet on fake data) and compare
-weights and votes, not only results. They are ``slow`` (about a minute per subprocess on 2 cores):
-the default suite covers the same guarantees one level up, on a whole comparison, in
-``tests/test_experiment_resume.py``.
+weights and votes, not only results. They are ``slow`` (about a minute per subprocess on 2 cores),
+as are the whole-comparison kills of ``tests/test_experiment_resume.py``; CI runs both after the
+default suite, which resumes in-process after a failed checkpoint write (``tests/test_reliability.py``).
 """
 
 from __future__ import annotations

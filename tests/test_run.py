@@ -167,3 +167,12 @@ def test_sweep_runs_each_sparsity_in_its_own_directory(tmp_path, monkeypatch) ->
     assert within == {(0.5, "ballot"): True, (0.5, "magnitude"): True, (0.9, "ballot"): True,
                       (0.9, "magnitude"): False}
     assert "| 90% | magnitude |" in (tmp_path / "sweep.md").read_text()
+
+
+def test_config_conflicts_name_changed_and_vanished_keys() -> None:
+    """A saved key with another value, or one this version no longer has (renamed), is a conflict;
+    a key the saved config lacks (added since) and the neutral keys are not."""
+    saved = {"sparsity": 0.9, "epochs": 4, "lth": {"rate": 0.2}, "seeds": 3}
+    now = {"sparsity": 0.9, "retrain_epochs": 4, "lth": {"rate": 0.3, "max_rounds": None}, "seeds": 5}
+    assert experiment.config_conflicts(saved, now) == {"epochs": (4, experiment.ABSENT), "lth.rate": (0.2, 0.3)}
+    assert experiment.config_conflicts(dict(saved, epochs=None), dict(now, epochs=None, lth={"rate": 0.2})) == {}
