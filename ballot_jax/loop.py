@@ -298,17 +298,19 @@ def _save(mngr, index: int, state: RunState, meta: Mapping[str, Any]) -> None:
     except OSError as e:
         raise _write_error(mngr, index - 1, e) from e
     try:
-        mngr.save(index, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))))
+        # a deep copy: the run's meta keeps growing while the write runs in the background
+        meta = copy.deepcopy(dict(meta))
+        mngr.save(index, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     except OSError as e:
         raise _write_error(mngr, index, e) from e
 
 
-def _finish(mngr, index: int) -> None:
+def _finish(mngr) -> None:
     """Waits for the last checkpoint write and releases the manager's threads."""
     try:
         mngr.wait_until_finished()
     except OSError as e:
-        raise _write_error(mngr, index, e) from e
+        raise _write_error(mngr, max(mngr.all_steps(), default=0) + 1, e) from e
     finally:
         mngr.close()
 
@@ -353,16 +355,26 @@ def run_stages(
     state = ctx.replicate(state)  # every leaf on the mesh (also the restore target's shardings)
     meta: dict[str, Any] = {"run": run_name, "stages": names, "stage": 0, "phase": "begin", "epoch": 0, "log": [], "done": False}
     mngr = _manager(directory) if directory else None
+    try:
+        state, meta = _run(ctx, stages, state, meta, mngr, directory, run_name, check_masks)
+    finally:
+        if mngr is not None:
+            _finish(mngr)  # the last write lands (or its error is raised) before returning
+    meta["done"] = True
+    return state, meta
+
+
+def _run(ctx, stages, state, meta, mngr, directory, run_name, check_masks):
+    """The body of :func:`run_stages` (restore, then every remaining phase); the caller closes ``mngr``."""
+    names = meta["stages"]
     index = 0
     if mngr is not None and mngr.all_steps():
         restored = _restore_latest(mngr, state)
         if restored is None:
-            mngr.close()
             raise CheckpointError(f"no readable checkpoint in {directory}; delete it to start over")
         state, meta = restored
         index = max(mngr.all_steps()) + 1
         if meta.get("stages") != names:
-            mngr.close()
             raise CheckpointError(
                 f"{directory} holds a run with stages {meta.get('stages')}, not {names}: "
                 "use another work directory for a different configuration"
@@ -374,7 +386,7 @@ def run_stages(
         nonlocal index, state
         state = ctx.replicate(state)  # arrays made on the host side (e.g. group weights) join the mesh too
         if mngr is not None:
-            _save(mngr, index, state, copy.deepcopy(meta))  # meta keeps growing while the write runs
+            _save(mngr, index, state, meta)
             index += 1
 
     def record(stage: Stage, phase: str, epoch: int | None, info: Info):
@@ -391,39 +403,34 @@ def run_stages(
                                                    **jsonable(timing)})
         log.info("%s %s %s", run_name, entry, timing or "")
 
-    try:
-        while meta["stage"] < len(stages):
-            stage = stages[meta["stage"]]
-            if meta["phase"] == "begin":
-                if stage.begin is not None:
-                    state, info = stage.begin(ctx, state)
-                    record(stage, "begin", None, info)
-                meta.update(phase="epochs", epoch=0)
+    while meta["stage"] < len(stages):
+        stage = stages[meta["stage"]]
+        if meta["phase"] == "begin":
+            if stage.begin is not None:
+                state, info = stage.begin(ctx, state)
+                record(stage, "begin", None, info)
+            meta.update(phase="epochs", epoch=0)
+            checkpoint()
+        if meta["phase"] == "epochs":
+            while meta["epoch"] < stage.epochs:
+                e = meta["epoch"]
+                state, info = stage.epoch(ctx, state, e)
+                record(stage, "epoch", e, info)
+                meta["epoch"] = e + 1
                 checkpoint()
-            if meta["phase"] == "epochs":
-                while meta["epoch"] < stage.epochs:
-                    e = meta["epoch"]
-                    state, info = stage.epoch(ctx, state, e)
-                    record(stage, "epoch", e, info)
-                    meta["epoch"] = e + 1
-                    checkpoint()
-                meta["phase"] = "end"
-            if meta["phase"] == "end":
-                info = {}
-                if stage.end is not None:
-                    state, info = stage.end(ctx, state)
-                if check_masks:
-                    info = dict(info, mask_check=check_mask_integrity(state, f"{run_name} stage {stage.name!r}"))
-                if stage.end is not None or check_masks:
-                    record(stage, "end", None, info)
-                meta.update(stage=meta["stage"] + 1, phase="begin", epoch=0)
-                if meta["stage"] == len(stages):
-                    meta["done"] = True
-                checkpoint()
-    finally:
-        if mngr is not None:
-            _finish(mngr, index - 1)  # the last write lands (or its error is raised) before returning
-    meta["done"] = True
+            meta["phase"] = "end"
+        if meta["phase"] == "end":
+            info = {}
+            if stage.end is not None:
+                state, info = stage.end(ctx, state)
+            if check_masks:
+                info = dict(info, mask_check=check_mask_integrity(state, f"{run_name} stage {stage.name!r}"))
+            if stage.end is not None or check_masks:
+                record(stage, "end", None, info)
+            meta.update(stage=meta["stage"] + 1, phase="begin", epoch=0)
+            if meta["stage"] == len(stages):
+                meta["done"] = True
+            checkpoint()
     return state, meta
 
 
