@@ -379,7 +379,7 @@ def main(argv=None):
                        "this benchmark with --reference")
         p.add_argument("--no-checkpoint", dest="checkpoint", action="store_false", help="run without Orbax checkpoints")
         p.add_argument("--vote-source", dest="vote_source", default="pass", choices=("pass", "train_steps"))
-        p.add_argument("--conv-impl", dest="conv_impl", default="auto", choices=("auto", "xla", "patches"))
+        p.add_argument("--conv-impl", dest="conv_impl", default="auto", help="auto, xla, patches, hybrid or a plan forward/input_grad/kernel_grad")
 
     return common.standard_main(NAME, __doc__.splitlines()[0], run, argv, extra)
 

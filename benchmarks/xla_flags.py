@@ -27,6 +27,8 @@ CANDIDATES = {
     "default": "",
     "ynn_convolution": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
     "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
+    "vector_width_512": "--xla_cpu_prefer_vector_width=512",
+    "no_concurrency_scheduler": "--xla_cpu_enable_concurrency_optimized_scheduler=false",
 }
 
 

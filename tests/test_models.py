@@ -60,7 +60,7 @@ def test_bad_stem_lists_valid_stems() -> None:
 
 
 def test_bad_conv_impl() -> None:
-    with pytest.raises(ValueError, match=r"\['auto', 'patches', 'xla'\]"):
+    with pytest.raises(ValueError, match=r"\['auto', 'hybrid', 'patches', 'xla'\]"):
         models.create("resnet18", num_classes=10, conv_impl="fft")
     with pytest.raises(ValueError, match="auto"):
         jax.eval_shape(
@@ -271,6 +271,10 @@ CONV_CASES = [
 ]
 
 
+# Every lowering of every product appears at least once: the uniform plans and mixed ones.
+MIXED_PLANS = ("patches", "hybrid", "patches/xla/offsets", "xla/patches/patches", "patches/patches/xla")
+
+
 @pytest.mark.parametrize("shape,features,kernel_size,strides,padding", CONV_CASES)
 def test_conv_impls_match(shape, features, kernel_size, strides, padding) -> None:
     rng = np.random.default_rng(0)
@@ -301,7 +305,7 @@ def test_conv_impls_match(shape, features, kernel_size, strides, padding) -> Non
         cot = jnp.cos(jnp.arange(ref.size, dtype=jnp.float32)).reshape(ref.shape)
         # "auto" only dispatches to one of these (checked below and by
         # test_model_auto_matches_xla), so it is not compiled again here.
-        fns = {impl: make(impl).apply for impl in ("xla", "patches", "hybrid")}
+        fns = {impl: make(impl).apply for impl in ("xla",) + MIXED_PLANS}
         results = {}
         for impl, fn in fns.items():
             y, vjp = jax.vjp(fn, params, x)
@@ -310,7 +314,7 @@ def test_conv_impls_match(shape, features, kernel_size, strides, padding) -> Non
 
     ref, results = _run_fast(run, params, x)
     chex.assert_trees_all_close(results["xla"][0], ref, rtol=1e-5, atol=1e-5)
-    for impl in ("patches", "hybrid"):
+    for impl in MIXED_PLANS:
         chex.assert_trees_all_close(results[impl], results["xla"], rtol=1e-5, atol=1e-5)
     assert conv_lib.choose_conv_impl(shape[1:3], ks, st, shape[-1], features) in results
 
@@ -331,8 +335,25 @@ def test_choose_conv_impl_rule() -> None:
     assert choose((32, 32), (3, 3), (1, 1), 64, 64, platform="tpu") == "xla"
     assert choose((2, 2), (3, 3), (1, 1), 512, 512, platform="cpu") == "patches"
     assert choose((4, 4), (3, 3), (2, 2), 256, 512, platform="cpu") == "patches"
-    assert choose((64, 64), (7, 7), (2, 2), 3, 64, platform="cpu") == "patches"
+    assert choose((64, 64), (7, 7), (2, 2), 3, 64, platform="cpu") == "xla"
     assert choose((32, 32), (3, 3), (1, 1), 64, 64, platform="cpu") == "hybrid"
+    assert choose((16, 16), (1, 1), (2, 2), 64, 128, platform="cpu") == "hybrid"
+
+
+def test_conv_plans_parse_and_refuse() -> None:
+    assert conv_lib.parse_plan("hybrid") == ("xla", "xla", "offsets")
+    assert conv_lib.parse_plan("patches/xla/offsets") == ("patches", "xla", "offsets")
+    for bad in ("fast", "xla/offsets/xla", "xla/xla", "offsets/xla/xla"):
+        with pytest.raises(ValueError, match="forward/input_grad/kernel_grad"):
+            conv_lib.parse_plan(bad)
+    x = jnp.zeros((1, 4, 4, 3))
+    with pytest.raises(ValueError, match="e.g. 'xla/patches/offsets'"):
+        jax.eval_shape(lambda: conv_lib.Conv(2, impl="xla/offsets/xla").init(jax.random.PRNGKey(0), x))
+    with pytest.raises(ValueError, match="forward/input_grad/kernel_grad"):
+        conv_lib.max_pool_impl(x, 2, 2, impl="bogus")
+    # a plan for the convolutions pools by strided slices, like "patches"
+    y = conv_lib.max_pool_impl(x, 2, 2, impl="xla/patches/offsets")
+    assert y.shape == (1, 2, 2, 3)
 
 
 def test_model_auto_matches_xla() -> None:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ballot_jax.models.conv import IMPLS, Conv, choose_conv_impl, max_pool, max_pool_impl
+from ballot_jax.models.conv import IMPLS, Conv, check_impl, choose_conv_impl, max_pool, max_pool_impl
 from ballot_jax.models.resnet import STEMS, ResNet, ResNet18, ResNet50, check_stem
 from ballot_jax.models.small import SmallCNN
 from ballot_jax.models.vgg import VGG
@@ -76,7 +76,8 @@ def create(
         + 3x3/2 max-pool); ignored by ``vgg16`` and ``cnn_small``.
       dtype: compute dtype of convs/dense layers (params stay float32;
         logits are float32).
-      conv_impl: ``"xla"``, ``"patches"`` or ``"auto"``, see
+      conv_impl: ``"auto"``, ``"xla"``, ``"patches"``, ``"hybrid"`` or a
+        plan ``"forward/input_grad/kernel_grad"``, see
         :class:`ballot_jax.models.conv.Conv`.
 
     Raises:
@@ -86,10 +87,7 @@ def create(
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {names()}")
     check_stem(stem)
-    if conv_impl not in IMPLS:
-        raise ValueError(
-            f"unknown conv_impl {conv_impl!r}; valid values: {sorted(IMPLS)}"
-        )
+    check_impl(conv_impl)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if not width > 0:

@@ -13,10 +13,13 @@ This module offers:
   - ``"xla"``: ``jax.lax.conv_general_dilated``;
   - ``"patches"``: im2col built from strided slices of the padded input,
     followed by a single matmul (a 1x1 conv is a plain matmul);
+  - ``"hybrid"``: XLA forward and input gradient, kernel gradient as one
+    matmul per kernel offset (:func:`conv_hybrid`);
+  - a plan ``"forward/input_grad/kernel_grad"`` naming the lowering of each
+    product separately, e.g. ``"xla/patches/offsets"`` (:func:`parse_plan`,
+    :func:`conv_planned`); the three names above are such plans;
   - ``"auto"``: ``"xla"`` on GPU/TPU; on CPU a per-shape rule
-    (:func:`choose_conv_impl`) picks ``"patches"`` or ``"hybrid"``
-    (:func:`conv_hybrid`: XLA forward and input gradient, kernel gradient
-    as one matmul per kernel offset).
+    (:func:`choose_conv_impl`) picks ``"patches"``, ``"xla"`` or ``"hybrid"``.
 
   All lowerings compute the same function (and gradients) up to float
   rounding.
@@ -41,9 +44,6 @@ import flax.linen as nn
 import numpy as np
 
 IMPLS = ("auto", "patches", "xla")
-# Lowerings "auto" may pick (on CPU); "hybrid" = XLA forward/input-grad +
-# per-offset matmul kernel-grad.
-LOWERINGS = ("hybrid", "patches", "xla")
 
 # Thresholds of the CPU rule in choose_conv_impl (measured, see there).
 SMALL_SPATIAL = 4
@@ -206,36 +206,103 @@ def kernel_grad_by_offsets(
     return jnp.stack(parts).reshape(kh, kw, g.shape[-1], x.shape[-1]).transpose(0, 1, 3, 2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def conv_hybrid(
+# How each of a convolution's three products is computed: the forward pass, the input gradient and
+# the kernel gradient ("offsets" = one matmul per kernel offset, kernel gradient only).
+FORWARD_LOWERINGS = ("xla", "patches")
+INPUT_GRAD_LOWERINGS = ("xla", "patches")
+KERNEL_GRAD_LOWERINGS = ("xla", "patches", "offsets")
+# Named plans "auto" may pick; any "forward/input_grad/kernel_grad" triple is accepted too.
+PLANS = {"xla": ("xla", "xla", "xla"), "patches": ("patches", "patches", "patches"),
+         "hybrid": ("xla", "xla", "offsets")}
+
+
+def parse_plan(impl: str) -> tuple[str, str, str]:
+    """``(forward, input_grad, kernel_grad)`` lowerings of a plan name or an ``"f/d/k"`` triple."""
+    if impl in PLANS:
+        return PLANS[impl]
+    parts = tuple(impl.split("/"))
+    if (len(parts) != 3 or parts[0] not in FORWARD_LOWERINGS or parts[1] not in INPUT_GRAD_LOWERINGS
+            or parts[2] not in KERNEL_GRAD_LOWERINGS):
+        raise ValueError(
+            f"conv lowering (conv_impl) {impl!r} is neither one of {sorted(set(IMPLS) | set(PLANS))} nor a "
+            f"'forward/input_grad/kernel_grad' triple with forward in {FORWARD_LOWERINGS}, input_grad in "
+            f"{INPUT_GRAD_LOWERINGS} and kernel_grad in {KERNEL_GRAD_LOWERINGS} (e.g. 'xla/patches/offsets')")
+    return parts  # type: ignore[return-value]
+
+
+def check_impl(impl: str) -> str:
+    """Return ``impl`` if it is ``"auto"``, a plan name or a plan triple; else ``ValueError``."""
+    if impl != "auto":
+        parse_plan(impl)
+    return impl
+
+
+_FORWARD = {"xla": conv_xla, "patches": conv_patches}
+
+
+def _input_grad(how, x, kernel, g, strides, pads, precision):
+    """Cotangent of ``x`` through the ``how`` forward lowering."""
+    _, vjp_x = jax.vjp(lambda z: _FORWARD[how](z, kernel, strides, pads, precision), x)
+    return vjp_x(g)[0]
+
+
+def _kernel_grad(how, x, kernel, g, strides, pads, precision):
+    """Cotangent of ``kernel``: by offsets, or through the ``how`` forward lowering."""
+    if how == "offsets":
+        return kernel_grad_by_offsets(x, g, kernel.shape[:2], strides, pads, precision)
+    _, vjp_k = jax.vjp(lambda k: _FORWARD[how](x, k, strides, pads, precision), kernel)
+    return vjp_k(g)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_planned(
     x: Array,
     kernel: Array,
     strides: tuple[int, int],
     pads: tuple[tuple[int, int], tuple[int, int]],
     precision: Any = None,
+    plan: tuple[str, str, str] = PLANS["hybrid"],
 ) -> Array:
-    """Convolution with XLA forward/input-gradient and a matmul kernel-gradient.
+    """Convolution whose forward pass, input gradient and kernel gradient each use their own lowering.
 
-    Computes the same function as :func:`conv_xla`; only the kernel gradient
-    differs in lowering (:func:`kernel_grad_by_offsets`), because XLA:CPU's
-    native kernel-gradient convolution is slow on larger feature maps.
+    ``plan = (forward, input_grad, kernel_grad)`` (see :func:`parse_plan`). Every plan computes the
+    function of :func:`conv_xla` and its gradients, up to float rounding; only the lowering differs,
+    because on XLA:CPU the fastest lowering of a shape is not the same for the three products.
     """
-    return conv_xla(x, kernel, strides, pads, precision)
+    return _FORWARD[plan[0]](x, kernel, strides, pads, precision)
 
 
-def _conv_hybrid_fwd(x, kernel, strides, pads, precision):
-    return conv_xla(x, kernel, strides, pads, precision), (x, kernel)
+def _conv_planned_fwd(x, kernel, strides, pads, precision, plan):
+    return _FORWARD[plan[0]](x, kernel, strides, pads, precision), (x, kernel)
 
 
-def _conv_hybrid_bwd(strides, pads, precision, res, g):
+def _conv_planned_bwd(strides, pads, precision, plan, res, g):
     x, kernel = res
-    _, vjp_x = jax.vjp(lambda z: conv_xla(z, kernel, strides, pads, precision), x)
-    (gx,) = vjp_x(g)
-    gk = kernel_grad_by_offsets(x, g, kernel.shape[:2], strides, pads, precision)
+    gx = _input_grad(plan[1], x, kernel, g, strides, pads, precision)
+    gk = _kernel_grad(plan[2], x, kernel, g, strides, pads, precision)
     return gx, gk.astype(kernel.dtype)
 
 
-conv_hybrid.defvjp(_conv_hybrid_fwd, _conv_hybrid_bwd)
+conv_planned.defvjp(_conv_planned_fwd, _conv_planned_bwd)
+
+
+def conv_hybrid(x: Array, kernel: Array, strides: tuple[int, int],
+                pads: tuple[tuple[int, int], tuple[int, int]], precision: Any = None) -> Array:
+    """XLA forward and input gradient, kernel gradient as one matmul per offset
+    (:func:`kernel_grad_by_offsets`): the ``"hybrid"`` plan of :func:`conv_planned`."""
+    return conv_planned(x, kernel, strides, pads, precision, PLANS["hybrid"])
+
+
+def apply_plan(x: Array, kernel: Array, strides: tuple[int, int],
+               pads: tuple[tuple[int, int], tuple[int, int]], precision: Any, impl: str) -> Array:
+    """The convolution under lowering ``impl`` (a plan name or triple). The uniform plans "xla" and
+    "patches" are differentiated by JAX directly; mixed plans go through :func:`conv_planned`."""
+    plan = parse_plan(impl)
+    if plan == PLANS["xla"]:
+        return conv_xla(x, kernel, strides, pads, precision)
+    if plan == PLANS["patches"]:
+        return conv_patches(x, kernel, strides, pads, precision)
+    return conv_planned(x, kernel, strides, pads, precision, plan)
 
 
 def choose_conv_impl(
@@ -246,36 +313,33 @@ def choose_conv_impl(
     cout: int,
     platform: str | None = None,
 ) -> str:
-    """Pick the lowering (``"xla"``, ``"patches"`` or ``"hybrid"``) for a shape.
+    """Pick the lowering (a plan name of :data:`PLANS`) for a convolution shape.
 
-    On accelerators this is always ``"xla"``.  On CPU the rule comes from
-    timing batch-32 convs with XLA:CPU (jax 0.10, 2-core AMD EPYC; medians
-    of process CPU time, the machine was shared so only large ratios count):
+    On accelerators this is always ``"xla"``. On CPU the rule was chosen by timing the reference
+    ResNet-18's whole train step (64x64, batch 32, jax 0.10.2, 2-core AMD EPYC with AVX-512) under
+    rival rules side by side, and per convolution product with ``benchmarks/conv_lowerings.py``
+    (``benchmarks/README.md`` has both):
 
-    * an input spatial side ``<= SMALL_SPATIAL`` (4) -> ``"patches"``: the
-      native lowering is pathological there (3x3 conv on a 2x2 map,
-      512->512: ~800 ms forward and ~800 ms input gradient vs ~9 ms each as
-      im2col + matmul; 3x3/2 conv on 4x4, 256->512: input gradient 143 ms
-      vs 5 ms);
-    * ``kh * kw >= LARGE_KERNEL_AREA`` (25), i.e. the 7x7 stem ->
-      ``"patches"`` (forward + kernel gradient at 64x64x3 -> 64: ~90-100 ms
-      vs ~108-129 ms native);
-    * otherwise (3x3 / 1x1 on maps of 8x8 and larger) -> ``"hybrid"``: the
-      native forward and input gradient are as fast as im2col or faster and
-      need no 9x-larger buffer, but the native kernel gradient degrades
-      with the map size (32x32, 64->64: 543 ms vs 125 ms per-offset
-      matmuls; 16x16, 128->128: 115 vs 83 ms; 8x8, 256->256: 68 vs 44 ms).
-
-    ResNet-18 (ImageNet stem, 64x64, batch 32) train step: ~6.3-6.8 s of CPU
-    time with ``"xla"`` vs ~0.8-0.95 s with this rule.
+    * an input side ``<= SMALL_SPATIAL`` (4) -> ``"patches"``: XLA's convolution is pathological
+      there (3x3 on 2x2, 512->512: forward 307 ms vs 3.1 ms as im2col + matmul; input gradient of
+      3x3/2 on 4x4: 60 ms vs 1.4 ms);
+    * a kernel of area ``>= LARGE_KERNEL_AREA`` (25; the 7x7 stem, whose input gradient nothing
+      needs) -> ``"xla"``: forward 3.9 ms vs 12.3 ms im2col, kernel gradient 16.4 vs 20.0 ms; the
+      whole step 1.035x faster than with ``"patches"`` there;
+    * otherwise (3x3 and 1x1 on maps of 8x8 and larger) -> ``"hybrid"``: XLA's forward and input
+      gradient, the kernel gradient as one matmul per offset (16x16, 64->64: 8.1 ms vs 10.6 native,
+      16.9 im2col). Per product the input gradient through im2col looked faster still (3.4 vs
+      4.2 ms), but the whole step with it was 0.955x as fast, so it is not used.
     """
     if platform is None:
         platform = jax.default_backend()
     if platform != "cpu":
         return "xla"
     del strides, cin, cout
-    if min(in_hw) <= SMALL_SPATIAL or kernel_size[0] * kernel_size[1] >= LARGE_KERNEL_AREA:
+    if min(in_hw) <= SMALL_SPATIAL:
         return "patches"
+    if kernel_size[0] * kernel_size[1] >= LARGE_KERNEL_AREA:
+        return "xla"
     return "hybrid"
 
 
@@ -293,9 +357,9 @@ class Conv(nn.Module):
       precision: matmul/conv precision passed to XLA.
       kernel_init: initializer of the HWIO ``"kernel"`` param.
       bias_init: initializer of ``"bias"``.
-      impl: ``"xla"``, ``"patches"`` or ``"auto"`` (see module docstring;
-        ``"hybrid"`` is accepted too); the parameter tree is the same for
-        every value.
+      impl: ``"auto"``, ``"xla"``, ``"patches"``, ``"hybrid"`` or a plan
+        ``"forward/input_grad/kernel_grad"`` (see the module docstring); the
+        parameter tree is the same for every value.
     """
 
     features: int
@@ -313,8 +377,7 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """Apply the convolution to ``x`` of shape ``[B, H, W, C]``."""
-        if self.impl not in IMPLS + LOWERINGS:
-            raise ValueError(f"impl must be one of {sorted(IMPLS)}, got {self.impl!r}")
+        check_impl(self.impl)
         if x.ndim != 4:
             raise ValueError(f"Conv expects NHWC input, got shape {x.shape}")
         ks = _pair(self.kernel_size, "kernel_size")
@@ -332,8 +395,7 @@ class Conv(nn.Module):
         impl = self.impl
         if impl == "auto":
             impl = choose_conv_impl(x.shape[1:3], ks, st, cin, self.features)
-        fn = {"patches": conv_patches, "hybrid": conv_hybrid, "xla": conv_xla}[impl]
-        y = fn(x, kernel, st, pads, precision=self.precision)
+        y = apply_plan(x, kernel, st, pads, self.precision, impl)
         if bias is not None:
             y = y + bias
         return y
@@ -441,12 +503,10 @@ def max_pool_impl(
 ) -> Array:
     """Max-pool with a selectable lowering (same values for every ``impl``).
 
-    ``"xla"`` is ``flax.linen.max_pool``; ``"patches"`` (and ``"hybrid"``)
-    is :func:`max_pool`; ``"auto"`` picks via :func:`choose_pool_impl`.
+    ``"xla"`` is ``flax.linen.max_pool``; any other convolution lowering (``"patches"``, a plan,
+    see :func:`parse_plan`) is :func:`max_pool`; ``"auto"`` picks via :func:`choose_pool_impl`.
     """
-    if impl not in IMPLS + LOWERINGS:
-        raise ValueError(f"impl must be one of {sorted(IMPLS)}, got {impl!r}")
-    if impl == "auto":
+    if check_impl(impl) == "auto":
         impl = choose_pool_impl()
     if impl == "xla":
         window = _pair(window_shape, "window_shape")
