@@ -153,3 +153,32 @@ def test_topk_per_layer_tiebreak_is_lexicographic():
     quotas = {"a": {"kernel": 2}}
     out = masks.topk_per_layer(votes, quotas, tie)
     np.testing.assert_array_equal(np.asarray(out["a"]["kernel"]), [[False, True, False, True]])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_host_topk_equals_the_sorting_one(seed):
+    """Concrete inputs are selected on the host (np.partition); traced ones by a stable sort. Both
+    must give the same mask, ties (by tiebreak, then position), NaN, ±inf and -0.0 included."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    pool = np.array([0.0, -0.0, 1.0, -1.0, 2.5, np.inf, -np.inf, np.nan], np.float32)
+    scores = np.where(rng.random(n) < 0.5, rng.choice(pool, n), rng.integers(-3, 4, n)).astype(np.float32)
+    tie = np.where(rng.random(n) < 0.3, np.nan, rng.integers(-2, 3, n)).astype(np.float32)
+    traced = jax.jit(masks._keep_top_traced)
+    traced_tie = jax.jit(masks._keep_top_traced)
+    for k in sorted({0, 1, n // 3, n // 2, n - 1, n, n + 2, int(rng.integers(0, n + 1))}):
+        host = np.asarray(masks._keep_top(jnp.asarray(scores), jnp.asarray(k)))
+        np.testing.assert_array_equal(host, np.asarray(traced(jnp.asarray(scores), jnp.asarray(k))), f"k={k}")
+        assert host.sum() == min(max(k, 0), n)
+        host_t = np.asarray(masks._keep_top(jnp.asarray(scores), jnp.asarray(k), jnp.asarray(tie)))
+        np.testing.assert_array_equal(
+            host_t, np.asarray(traced_tie(jnp.asarray(scores), jnp.asarray(k), jnp.asarray(tie))), f"k={k} tie")
+    # the whole-tree entry points: eager (host) and jitted (sort) agree too
+    tree = {"a": {"kernel": jnp.asarray(scores[: n // 2].reshape(-1, 1))},
+            "b": {"kernel": jnp.asarray(scores[n // 2:].reshape(1, -1))}}
+    m = masks.init_mask(tree)
+    k = n // 3
+    assert masks.masks_equal(masks.topk_global(tree, m, k), jax.jit(masks.topk_global)(tree, m, k))
+    quotas = masks.map_prunable(lambda x: max(1, np.size(x) // 2), m)
+    assert masks.masks_equal(masks.topk_per_layer(tree, quotas),
+                             jax.jit(masks.topk_per_layer)(tree, quotas))
