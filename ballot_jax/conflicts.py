@@ -196,7 +196,7 @@ def make_voting_train_step(apply_fn: Callable, tx, *, squares: bool = False) -> 
 
 def zeros_like_mask(mask: masks.Mask, params: PyTree, dtype=jnp.float32) -> PyTree:
     """Zero arrays on prunable leaves (shaped and placed like the params), ``None`` elsewhere."""
-    return masks.map_prunable(lambda m, p: jnp.zeros_like(p, dtype), mask, params)
+    return masks.full_like_mask(mask, params, 0, dtype)
 
 
 def normalize_output_axis(g: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -395,6 +395,12 @@ register_criterion(Criterion("prototype", prototype_scores,
 def cast_votes(votes: PyTree, score_sum: PyTree, s: PyTree, quotas: PyTree) -> tuple[PyTree, PyTree]:
     """One vote round: each layer l votes for its top k_l scores; counts and score sums grow."""
     winners = masks.topk_per_layer(s, quotas)
+    return _tally(winners, votes, score_sum, s)
+
+
+@jax.jit
+def _tally(winners: masks.Mask, votes: PyTree, score_sum: PyTree, s: PyTree) -> tuple[PyTree, PyTree]:
+    """Votes + winners and score sums + scores, one compiled function for the whole tree."""
     votes = masks.map_prunable(lambda w, v: v + w.astype(v.dtype), winners, votes)
     score_sum = masks.map_prunable(lambda w, t, x: t + x, winners, score_sum, s)
     return votes, score_sum
@@ -402,8 +408,12 @@ def cast_votes(votes: PyTree, score_sum: PyTree, s: PyTree, quotas: PyTree) -> t
 
 def mask_from_votes(votes: PyTree, score_sum: PyTree, quotas: PyTree) -> masks.Mask:
     """Keeps the k_l weights with most votes per layer; ties broken by summed score, then position."""
-    as_float = masks.map_prunable(lambda q, v: v.astype(jnp.float32), quotas, votes)
-    return masks.topk_per_layer(as_float, quotas, score_sum)
+    return masks.topk_per_layer(_as_float32(votes), quotas, score_sum)
+
+
+@jax.jit
+def _as_float32(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda v: v.astype(jnp.float32), tree)
 
 
 def conflict_diagnostics(a: PyTree, f: PyTree, mask: masks.Mask) -> dict[str, dict[str, float]]:

@@ -47,9 +47,12 @@ def build_model(config: Any, task: Any):
 
 def init_variables(model: Any, image_shape: tuple[int, ...], seed: int) -> dict[str, Any]:
     """θ0 of ``model`` for ``seed`` (params and batch statistics)."""
-    # Eager on purpose: a jitted init fuses the initialisers' arithmetic and draws weights that differ
-    # in the last bit (measured), which would change every result of a given seed.
-    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    # Not jitted on purpose: a jitted init fuses the initialisers' arithmetic and draws weights that
+    # differ in the last bit (measured), which would change every result of a given seed. lazy_init
+    # runs the same initialisers op by op (bit-identical weights, tested) but skips the forward pass
+    # that model.init computes only to throw away: ResNet-18 in 93 instead of 144 compilations.
+    variables = model.lazy_init(jax.random.PRNGKey(seed), jax.ShapeDtypeStruct((1, *image_shape), jnp.float32),
+                                train=False)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 

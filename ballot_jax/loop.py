@@ -214,14 +214,21 @@ def evaluate(ctx: Context, ts: train.TrainState, split_name: str) -> dict[str, A
     The same weights evaluated again on the same split (e.g. the dense run's last epoch and its
     end) reuse the first result: arrays are immutable, so the same array objects hold the same values.
     """
-    weights = jax.tree.leaves((ts.params, ts.batch_stats, ts.mask))
     memo = ctx.cached("evaluate_memo", dict)
-    last = memo.get(split_name)
-    if last is not None and len(last[0]) == len(weights) and all(a is b for a, b in zip(last[0], weights)):
-        return copy.deepcopy(last[1])
-    metrics = _evaluate(ctx, ts, split_name)
-    memo[split_name] = (weights, copy.deepcopy(metrics))
-    return metrics
+    return copy.deepcopy(memo_by_identity(memo, split_name, (ts.params, ts.batch_stats, ts.mask),
+                                          lambda: _evaluate(ctx, ts, split_name)))
+
+
+def memo_by_identity(memo: dict, key: Any, inputs: PyTree, compute: Callable[[], Any]) -> Any:
+    """``compute()``, or its last result under ``key`` if ``inputs`` holds the very same array
+    objects as then: arrays are immutable, so the same objects hold the same values."""
+    leaves = jax.tree.leaves(inputs)
+    last = memo.get(key)
+    if last is not None and len(last[0]) == len(leaves) and all(a is b for a, b in zip(last[0], leaves)):
+        return last[1]
+    value = compute()
+    memo[key] = (leaves, value)
+    return value
 
 
 def _evaluate(ctx: Context, ts: train.TrainState, split_name: str) -> dict[str, Any]:

@@ -89,8 +89,27 @@ def map_prunable(fn: Callable[..., Any], mask: Mask, *trees: PyTree) -> PyTree:
     )
 
 
+def full_like_mask(mask: Mask, like: PyTree, value: Any, dtype: Any) -> PyTree:
+    """``value``-filled arrays of ``dtype`` shaped like ``like``'s prunable leaves (``None`` elsewhere).
+
+    Built on the host and placed like the ``like`` leaf (same devices and sharding): an eager
+    ``jnp.full`` would compile once per leaf shape. Inside a trace it is ``jnp.full``.
+    """
+
+    def one(m: Any, x: Any) -> Any:
+        if isinstance(x, jax.core.Tracer):
+            return jnp.full(jnp.shape(x), value, dtype)
+        host = np.full(np.shape(x), value, dtype)
+        sharding = getattr(x, "sharding", None)
+        return jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
+
+    return map_prunable(one, mask, like)
+
+
+@jax.jit
 def apply_mask(params: PyTree, mask: Mask) -> PyTree:
-    """Zeroes the pruned weights: ``p * m`` on prunable leaves, other leaves unchanged."""
+    """Zeroes the pruned weights: ``p * m`` on prunable leaves, other leaves unchanged (one compiled
+    function per tree, also when called eagerly)."""
     return jax.tree.map(
         lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
         mask,
@@ -280,6 +299,7 @@ def _unflatten_prunable(mask: Mask, values: list[Any]) -> Mask:
     return jax.tree.map(lambda m: None if m is None else next(it), mask, is_leaf=_is_none)
 
 
+@jax.jit
 def magnitude_scores(params: PyTree, mask: Mask) -> PyTree:
     """|w| on kept weights and -inf on pruned ones (so they stay pruned under top-k)."""
     return map_prunable(lambda m, p: jnp.where(m, jnp.abs(p), -jnp.inf), mask, params)

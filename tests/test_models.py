@@ -426,3 +426,17 @@ def test_max_pool_ties_follow_flax() -> None:
 
     g, g_ref = _run_fast(lambda x: (jax.grad(ours)(x), jax.grad(ref)(x)), x)
     chex.assert_trees_all_equal(g, g_ref)
+
+
+@pytest.mark.parametrize("name,stem", [("resnet18", "imagenet"), ("cnn_small", "cifar")])
+def test_init_variables_equals_model_init_bit_for_bit(name: str, stem: str) -> None:
+    """experiment.init_variables skips the forward pass (lazy_init) but must draw exactly θ0 of
+    model.init: every seed's results depend on it."""
+    from ballot_jax import experiment
+
+    model = models.create(name, num_classes=3, width=0.125, stem=stem, conv_impl="auto")
+    got = experiment.init_variables(model, (16, 16, 3), 3)
+    ref = model.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3), jnp.float32), train=False)
+    ref = {"params": ref["params"], "batch_stats": ref.get("batch_stats", {})}
+    chex.assert_trees_all_equal(got, ref)
+    chex.assert_trees_all_equal_dtypes(got, ref)

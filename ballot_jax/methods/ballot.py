@@ -157,7 +157,7 @@ def initial_state(ctx: loop.Context, dense: loop.RunState) -> loop.RunState:
     """The dense run's final state plus zero votes and score sums, unit group weights, the trained
     weights θ_T (magnitude reference, learning-rate rewinding) and a round counter."""
     ts = dense.train
-    votes = masks.map_prunable(lambda m: jnp.zeros(jnp.shape(m), jnp.int32), ts.mask)
+    votes = masks.full_like_mask(ts.mask, ts.mask, 0, np.int32)
     extras = {
         "score_sum": conflicts.zeros_like_mask(ts.mask, ts.params),
         "weights_g": jnp.ones((ctx.task.num_groups,), jnp.float32),
@@ -186,10 +186,15 @@ def build_stages(ctx: loop.Context) -> list[loop.Stage]:
 
     def structure(state: loop.RunState) -> masks.Mask:
         """The all-kept mask (the prunable structure; the vote counts have it)."""
-        return masks.map_prunable(lambda v: jnp.ones(jnp.shape(v), bool), state.votes)
+        return masks.full_like_mask(state.votes, state.votes, True, np.bool_)
+
+    ticket_memo: dict = {}
 
     def the_ticket(c: loop.Context, state: loop.RunState) -> masks.Mask:
-        return ticket_mask(c, state.extras["trained_params"], structure(state), s["quotas"])
+        """The magnitude ticket of θ_T: computed once per stage (θ_T does not change in it)."""
+        trained = state.extras["trained_params"]
+        return loop.memo_by_identity(ticket_memo, "ticket", trained,
+                                     lambda: ticket_mask(c, trained, structure(state), s["quotas"]))
 
     def vote(c: loop.Context, state: loop.RunState, sums: dict[str, Any], quotas: Any) -> loop.RunState:
         prunable = structure(state)
