@@ -278,6 +278,15 @@ def topk_per_layer(scores: PyTree, quotas: PyTree, tiebreak: PyTree | None = Non
     prunable). Ties are broken by the optional ``tiebreak`` tree (larger wins), then by
     position. Jittable; quotas may be traced.
     """
+    if _is_concrete(*jax.tree.leaves((scores, quotas, tiebreak))):  # on the host, leaf by leaf
+        def host(q, s, t=None):
+            if q is None:
+                return None
+            t = None if t is None else np.ravel(np.asarray(t))
+            return jnp.asarray(_keep_top_host(np.ravel(np.asarray(s)), int(q), t).reshape(np.shape(s)))
+
+        trees = (quotas, scores) if tiebreak is None else (quotas, scores, tiebreak)
+        return jax.tree.map(host, *trees, is_leaf=_is_none)
     if tiebreak is None:
         return jax.tree.map(
             lambda q, s: None if q is None else _keep_top(jnp.ravel(s), q).reshape(jnp.shape(s)),

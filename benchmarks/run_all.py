@@ -24,7 +24,7 @@ from benchmarks.common import Row  # noqa: E402
 
 # Order of the table: cheap ratios first, the reference pipeline last.
 BENCHMARKS = ("vote_cost", "vote_step", "masked_step", "compilations", "checkpoint_cost", "input_pipeline", "flops",
-              "throughput", "xla_flags",
+              "throughput", "conv_lowerings", "xla_flags",
               "pipeline_reference", "quickstart")
 
 
