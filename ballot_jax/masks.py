@@ -89,6 +89,15 @@ def map_prunable(fn: Callable[..., Any], mask: Mask, *trees: PyTree) -> PyTree:
     )
 
 
+def _placed_like(host: np.ndarray, x: Any) -> jax.Array:
+    """``host`` placed as an eager op on ``x`` would have placed its result: committed to ``x``'s
+    devices and sharding if ``x`` is, else on the default device, uncommitted (a state mixing the
+    two would compile the steps once per mix)."""
+    if getattr(x, "committed", False):
+        return jax.device_put(host, x.sharding)
+    return jnp.asarray(host)
+
+
 def full_like_mask(mask: Mask, like: PyTree, value: Any, dtype: Any) -> PyTree:
     """``value``-filled arrays of ``dtype`` shaped like ``like``'s prunable leaves (``None`` elsewhere).
 
@@ -99,9 +108,7 @@ def full_like_mask(mask: Mask, like: PyTree, value: Any, dtype: Any) -> PyTree:
     def one(m: Any, x: Any) -> Any:
         if isinstance(x, jax.core.Tracer):
             return jnp.full(jnp.shape(x), value, dtype)
-        host = np.full(np.shape(x), value, dtype)
-        sharding = getattr(x, "sharding", None)
-        return jax.device_put(host, sharding) if sharding is not None else jnp.asarray(host)
+        return _placed_like(np.full(np.shape(x), value, dtype), x)
 
     return map_prunable(one, mask, like)
 
@@ -244,7 +251,7 @@ def _keep_top(scores: jnp.ndarray, k: jnp.ndarray, tiebreak: jnp.ndarray | None 
     """
     if _is_concrete(scores, k, tiebreak):
         t = None if tiebreak is None else np.asarray(tiebreak)
-        return jnp.asarray(_keep_top_host(np.asarray(scores), int(k), t))
+        return _placed_like(_keep_top_host(np.asarray(scores), int(k), t), scores)
     return _keep_top_traced(scores, k, tiebreak)
 
 
@@ -260,7 +267,7 @@ def topk_global(scores: PyTree, mask: Mask, k: int | jnp.ndarray) -> Mask:
         flat = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in leaves])
         keep_host = _keep_top_host(flat, int(k))
         sizes = np.cumsum([np.size(x) for x in leaves])[:-1]
-        out = [jnp.asarray(part.reshape(np.shape(x))) for part, x in zip(np.split(keep_host, sizes), leaves)]
+        out = [_placed_like(part.reshape(np.shape(x)), x) for part, x in zip(np.split(keep_host, sizes), leaves)]
         return _unflatten_prunable(mask, out)
     flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
     keep = _keep_top(flat, jnp.asarray(k))
@@ -283,7 +290,7 @@ def topk_per_layer(scores: PyTree, quotas: PyTree, tiebreak: PyTree | None = Non
             if q is None:
                 return None
             t = None if t is None else np.ravel(np.asarray(t))
-            return jnp.asarray(_keep_top_host(np.ravel(np.asarray(s)), int(q), t).reshape(np.shape(s)))
+            return _placed_like(_keep_top_host(np.ravel(np.asarray(s)), int(q), t).reshape(np.shape(s)), s)
 
         trees = (quotas, scores) if tiebreak is None else (quotas, scores, tiebreak)
         return jax.tree.map(host, *trees, is_leaf=_is_none)
