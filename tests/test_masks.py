@@ -182,3 +182,19 @@ def test_host_topk_equals_the_sorting_one(seed):
     quotas = masks.map_prunable(lambda x: max(1, np.size(x) // 2), m)
     assert masks.masks_equal(masks.topk_per_layer(tree, quotas),
                              jax.jit(masks.topk_per_layer)(tree, quotas))
+
+
+def test_host_built_trees_are_placed_like_their_inputs():
+    """Masks selected on the host and host-filled trees keep the committedness of their input, as
+    the eager ops did (a state mixing committed and uncommitted arrays compiles the steps twice)."""
+    loose = {"a": {"kernel": jnp.arange(6.0).reshape(2, 3)}}
+    pinned = jax.device_put(loose, jax.devices()[0])
+    for tree, committed in ((loose, False), (pinned, True)):
+        m = masks.init_mask(tree)
+        outs = [masks.topk_global(tree, m, 2), masks.topk_per_layer(tree, {"a": {"kernel": 2}}),
+                masks.full_like_mask(m, tree, 0, np.int32)]
+        for out in outs:
+            leaf = out["a"]["kernel"]
+            assert leaf.committed is committed
+    np.testing.assert_array_equal(np.asarray(masks.full_like_mask(m, pinned, 7, np.int32)["a"]["kernel"]),
+                                  np.full((2, 3), 7, np.int32))
