@@ -28,6 +28,8 @@ CANDIDATES = {
     "ynn_convolution": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
     "onednn": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
     "vector_width_512": "--xla_cpu_prefer_vector_width=512",
+    "ynn_eltwise": "--xla_cpu_experimental_ynn_fusion_type=+eltwise",
+    "ynn_reduce": "--xla_cpu_experimental_ynn_fusion_type=+reduce",
     "no_concurrency_scheduler": "--xla_cpu_enable_concurrency_optimized_scheduler=false",
 }
 
