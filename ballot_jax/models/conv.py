@@ -14,7 +14,7 @@ This module offers:
   - ``"patches"``: im2col built from strided slices of the padded input,
     followed by a single matmul (a 1x1 conv is a plain matmul);
   - ``"hybrid"``: XLA forward and input gradient, kernel gradient as one
-    matmul per kernel offset (:func:`conv_hybrid`);
+    matmul per kernel offset (:func:`kernel_grad_by_offsets`);
   - a plan ``"forward/input_grad/kernel_grad"`` naming the lowering of each
     product separately, e.g. ``"xla/patches/offsets"`` (:func:`parse_plan`,
     :func:`conv_planned`); the three names above are such plans;
@@ -284,13 +284,6 @@ def _conv_planned_bwd(strides, pads, precision, plan, res, g):
 
 
 conv_planned.defvjp(_conv_planned_fwd, _conv_planned_bwd)
-
-
-def conv_hybrid(x: Array, kernel: Array, strides: tuple[int, int],
-                pads: tuple[tuple[int, int], tuple[int, int]], precision: Any = None) -> Array:
-    """XLA forward and input gradient, kernel gradient as one matmul per offset
-    (:func:`kernel_grad_by_offsets`): the ``"hybrid"`` plan of :func:`conv_planned`."""
-    return conv_planned(x, kernel, strides, pads, precision, PLANS["hybrid"])
 
 
 def apply_plan(x: Array, kernel: Array, strides: tuple[int, int],
