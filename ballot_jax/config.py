@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = "cnn_small"  # cnn_small | resnet18 | resnet50 | vgg16
     c.width = 1.0  # channel multiplier (1.0: the standard widths)
     c.stem = "cifar"  # ResNet stem: "cifar" (3x3/1) or "imagenet" (7x7/2 + max-pool)
-    c.conv_impl = "auto"  # convolution lowering: "auto" (fastest for the platform), "xla", "patches", "hybrid" or "fwd/dx/dk"
+    c.conv_impl = "auto"  # convolution lowering: "auto" (XLA, fastest per shape), "auto_torch" (CPU: PyTorch's kernels on large maps; pip install torch), "xla", "patches", "hybrid", "torch" or "fwd/dx/dk"
     c.dtype = "float32"  # compute dtype, float32 or bfloat16 (params stay float32)
     c.keep_stem = False  # never prune the first convolution
     c.keep_head = False  # never prune the classifier

@@ -60,7 +60,7 @@ def test_bad_stem_lists_valid_stems() -> None:
 
 
 def test_bad_conv_impl() -> None:
-    with pytest.raises(ValueError, match=r"\['auto', 'hybrid', 'patches', 'xla'\]"):
+    with pytest.raises(ValueError, match=r"\['auto', 'auto_torch', 'hybrid', 'patches', 'torch', 'xla'\]"):
         models.create("resnet18", num_classes=10, conv_impl="fft")
     with pytest.raises(ValueError, match="auto"):
         jax.eval_shape(

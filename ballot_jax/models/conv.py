@@ -15,11 +15,15 @@ This module offers:
     followed by a single matmul (a 1x1 conv is a plain matmul);
   - ``"hybrid"``: XLA forward and input gradient, kernel gradient as one
     matmul per kernel offset (:func:`kernel_grad_by_offsets`);
+  - ``"torch"``: all three products by PyTorch's CPU kernels (oneDNN), called
+    from inside the jitted step (:mod:`.torch_conv`; needs ``pip install torch``);
   - a plan ``"forward/input_grad/kernel_grad"`` naming the lowering of each
     product separately, e.g. ``"xla/patches/offsets"`` (:func:`parse_plan`,
-    :func:`conv_planned`); the three names above are such plans;
+    :func:`conv_planned`); the names above are such plans;
   - ``"auto"``: ``"xla"`` on GPU/TPU; on CPU a per-shape rule
-    (:func:`choose_conv_impl`) picks ``"patches"``, ``"xla"`` or ``"hybrid"``.
+    (:func:`choose_conv_impl`) picks ``"patches"``, ``"xla"`` or ``"hybrid"``;
+  - ``"auto_torch"``: like ``"auto"``, but on CPU the convolutions with large
+    outputs (side >= :data:`TORCH_MIN_OUTPUT_SIDE`) use ``"torch"``.
 
   All lowerings compute the same function (and gradients) up to float
   rounding.
@@ -43,11 +47,16 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-IMPLS = ("auto", "patches", "xla")
+from ballot_jax.models import torch_conv
+
+IMPLS = ("auto", "auto_torch", "patches", "xla")
+AUTO_IMPLS = ("auto", "auto_torch")
 
 # Thresholds of the CPU rule in choose_conv_impl (measured, see there).
 SMALL_SPATIAL = 4
 LARGE_KERNEL_AREA = 25
+# Output side from which "auto_torch" hands a convolution to PyTorch (measured, see choose_conv_impl).
+TORCH_MIN_OUTPUT_SIDE = 8
 
 PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 Array = jax.Array
@@ -207,13 +216,14 @@ def kernel_grad_by_offsets(
 
 
 # How each of a convolution's three products is computed: the forward pass, the input gradient and
-# the kernel gradient ("offsets" = one matmul per kernel offset, kernel gradient only).
-FORWARD_LOWERINGS = ("xla", "patches")
-INPUT_GRAD_LOWERINGS = ("xla", "patches")
-KERNEL_GRAD_LOWERINGS = ("xla", "patches", "offsets")
-# Named plans "auto" may pick; any "forward/input_grad/kernel_grad" triple is accepted too.
+# the kernel gradient ("offsets" = one matmul per kernel offset, kernel gradient only; "torch" =
+# PyTorch's CPU kernel, see torch_conv).
+FORWARD_LOWERINGS = ("xla", "patches", "torch")
+INPUT_GRAD_LOWERINGS = ("xla", "patches", "torch")
+KERNEL_GRAD_LOWERINGS = ("xla", "patches", "offsets", "torch")
+# Named plans "auto" / "auto_torch" may pick; any "forward/input_grad/kernel_grad" triple is accepted too.
 PLANS = {"xla": ("xla", "xla", "xla"), "patches": ("patches", "patches", "patches"),
-         "hybrid": ("xla", "xla", "offsets")}
+         "hybrid": ("xla", "xla", "offsets"), "torch": ("torch", "torch", "torch")}
 
 
 def parse_plan(impl: str) -> tuple[str, str, str]:
@@ -231,25 +241,43 @@ def parse_plan(impl: str) -> tuple[str, str, str]:
 
 
 def check_impl(impl: str) -> str:
-    """Return ``impl`` if it is ``"auto"``, a plan name or a plan triple; else ``ValueError``."""
-    if impl != "auto":
-        parse_plan(impl)
+    """Return ``impl`` if it is ``"auto"``, ``"auto_torch"``, a plan name or a plan triple; else
+    ``ValueError`` (also when a plan needs PyTorch and it cannot run here, see :mod:`.torch_conv`)."""
+    if impl == "auto_torch":
+        if jax.default_backend() == "cpu":
+            torch_conv.require()
+    elif impl != "auto" and "torch" in parse_plan(impl):
+        torch_conv.require()
     return impl
 
 
-_FORWARD = {"xla": conv_xla, "patches": conv_patches}
+def conv_torch(
+    x: Array, kernel: Array, strides: tuple[int, int], pads: tuple[tuple[int, int], tuple[int, int]],
+    precision: Any = None,
+) -> Array:
+    """2-D NHWC/HWIO convolution by PyTorch's CPU kernel (:func:`.torch_conv.forward`; ``precision``
+    does not apply: PyTorch computes in the inputs' dtype)."""
+    del precision
+    return torch_conv.forward(x, kernel, strides, pads)
+
+
+_FORWARD = {"xla": conv_xla, "patches": conv_patches, "torch": conv_torch}
 
 
 def _input_grad(how, x, kernel, g, strides, pads, precision):
-    """Cotangent of ``x`` through the ``how`` forward lowering."""
+    """Cotangent of ``x``: by PyTorch, or through the ``how`` forward lowering."""
+    if how == "torch":
+        return torch_conv.input_grad(x, kernel, g, strides, pads)
     _, vjp_x = jax.vjp(lambda z: _FORWARD[how](z, kernel, strides, pads, precision), x)
     return vjp_x(g)[0]
 
 
 def _kernel_grad(how, x, kernel, g, strides, pads, precision):
-    """Cotangent of ``kernel``: by offsets, or through the ``how`` forward lowering."""
+    """Cotangent of ``kernel``: by offsets, by PyTorch, or through the ``how`` forward lowering."""
     if how == "offsets":
         return kernel_grad_by_offsets(x, g, kernel.shape[:2], strides, pads, precision)
+    if how == "torch":
+        return torch_conv.kernel_grad(x, kernel, g, strides, pads)
     _, vjp_k = jax.vjp(lambda k: _FORWARD[how](x, k, strides, pads, precision), kernel)
     return vjp_k(g)[0]
 
@@ -305,10 +333,17 @@ def choose_conv_impl(
     cin: int,
     cout: int,
     platform: str | None = None,
+    torch: bool = False,
 ) -> str:
     """Pick the lowering (a plan name of :data:`PLANS`) for a convolution shape.
 
-    On accelerators this is always ``"xla"``. On CPU the rule was chosen by timing the reference
+    On accelerators this is always ``"xla"``. With ``torch`` (``conv_impl="auto_torch"``) on CPU, a
+    convolution whose output side is ``>= TORCH_MIN_OUTPUT_SIDE`` (8) uses ``"torch"`` (PyTorch's
+    oneDNN direct convolutions): the reference ResNet-18 step (64x64, batch 32) took 180-195 ms with
+    8 against 225-237 ms under ``"auto"``, 185-199 ms with 16, 210-217 ms with 32 (stem only) and
+    202-203 ms with 4 (oneDNN is slower than im2col on 4x4 and 2x2 maps); medians of 4x5 steps in
+    separate processes, alternated over 3-5 rounds, load 1.5-1.9. On CPU the rest of the rule was
+    chosen by timing the reference
     ResNet-18's whole train step (64x64, batch 32, jax 0.10.2, 2-core AMD EPYC with AVX-512) under
     rival rules side by side, and per convolution product with ``benchmarks/conv_lowerings.py``
     (``benchmarks/README.md`` has both):
@@ -328,7 +363,9 @@ def choose_conv_impl(
         platform = jax.default_backend()
     if platform != "cpu":
         return "xla"
-    del strides, cin, cout
+    if torch and min(-(-n // s) for n, s in zip(in_hw, strides)) >= TORCH_MIN_OUTPUT_SIDE:
+        return "torch"
+    del cin, cout
     if min(in_hw) <= SMALL_SPATIAL:
         return "patches"
     if kernel_size[0] * kernel_size[1] >= LARGE_KERNEL_AREA:
@@ -350,9 +387,9 @@ class Conv(nn.Module):
       precision: matmul/conv precision passed to XLA.
       kernel_init: initializer of the HWIO ``"kernel"`` param.
       bias_init: initializer of ``"bias"``.
-      impl: ``"auto"``, ``"xla"``, ``"patches"``, ``"hybrid"`` or a plan
-        ``"forward/input_grad/kernel_grad"`` (see the module docstring); the
-        parameter tree is the same for every value.
+      impl: ``"auto"``, ``"auto_torch"``, ``"xla"``, ``"patches"``, ``"hybrid"``,
+        ``"torch"`` or a plan ``"forward/input_grad/kernel_grad"`` (see the module
+        docstring); the parameter tree is the same for every value.
     """
 
     features: int
@@ -386,8 +423,10 @@ class Conv(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         pads = normalize_padding(self.padding, x.shape[1:3], ks, st)
         impl = self.impl
-        if impl == "auto":
-            impl = choose_conv_impl(x.shape[1:3], ks, st, cin, self.features)
+        if impl in AUTO_IMPLS:
+            # PyTorch's kernels run on one device: a step partitioned over several keeps XLA's lowerings.
+            torch = impl == "auto_torch" and jax.device_count() == 1
+            impl = choose_conv_impl(x.shape[1:3], ks, st, cin, self.features, torch=torch)
         y = apply_plan(x, kernel, st, pads, self.precision, impl)
         if bias is not None:
             y = y + bias
@@ -497,9 +536,10 @@ def max_pool_impl(
     """Max-pool with a selectable lowering (same values for every ``impl``).
 
     ``"xla"`` is ``flax.linen.max_pool``; any other convolution lowering (``"patches"``, a plan,
-    see :func:`parse_plan`) is :func:`max_pool`; ``"auto"`` picks via :func:`choose_pool_impl`.
+    see :func:`parse_plan`) is :func:`max_pool`; ``"auto"`` and ``"auto_torch"`` pick via
+    :func:`choose_pool_impl`.
     """
-    if check_impl(impl) == "auto":
+    if check_impl(impl) in AUTO_IMPLS:
         impl = choose_pool_impl()
     if impl == "xla":
         window = _pair(window_shape, "window_shape")

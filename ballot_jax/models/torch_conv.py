@@ -1,0 +1,162 @@
+"""Convolution products computed by PyTorch's CPU kernels (oneDNN), called from inside a jitted step.
+
+XLA:CPU lowers a 2-D convolution to matmuls over patches; on large feature maps that moves far more
+memory than a direct convolution (``benchmarks/README.md``, batch 32, each product alone: the 7x7
+stem's kernel gradient 16.8 ms with XLA's best lowering vs 2.2 ms with oneDNN; 3x3 64->64 on 16x16
+maps 16.8 vs 5.0 ms for the three products).
+This module hands single convolution products to PyTorch through
+``jax.experimental.buffer_callback``: PyTorch reads XLA's input buffers in place (DLPack, no copy)
+and writes its result into XLA's output buffer (one copy, which is also the layout change), so
+the rest of the step stays compiled XLA.
+
+* :func:`forward`, :func:`input_grad`, :func:`kernel_grad` — the three products of an NHWC/HWIO
+  convolution with explicit ``((lo, hi), (lo, hi))`` padding; each is its own callback, so an
+  unused input gradient (the stem's) is never computed.
+* :func:`require` — one clear error when PyTorch is missing or the backend is not the CPU.
+
+PyTorch is optional (``pip install torch``; the CPU wheel suffices). It is imported on first use,
+never at import time of ``ballot_jax``. Results agree with XLA's convolution up to float rounding
+(``tests/test_torch_conv.py``). The callbacks run on the CPU. A jitted function partitioned over
+several devices still computes the right values, but XLA gathers a callback's inputs onto one
+device (no data parallelism for that layer), so ``conv_impl="auto_torch"`` keeps XLA's lowerings
+when more than one device is visible. Inside a step the products run 1.3-2x slower than alone
+(cache traffic of the XLA operations between them); the whole-step gain is what
+:func:`ballot_jax.models.conv.choose_conv_impl` was chosen on.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+
+Pads = tuple[tuple[int, int], tuple[int, int]]
+_DTYPES = ("float32", "bfloat16")
+
+
+@functools.cache
+def _torch() -> Any:
+    """The ``torch`` module, or ``None`` when it is not installed."""
+    try:
+        import torch  # noqa: PLC0415 (optional dependency, imported on first use)
+    except ImportError:
+        return None
+    return torch
+
+
+def available() -> bool:
+    """True when PyTorch can be imported (the ``"torch"`` convolution lowering can run)."""
+    return _torch() is not None
+
+
+def require(platform: str | None = None) -> None:
+    """Raise ``ValueError`` (one line: the problem and the fix) unless the ``"torch"`` lowering can
+    run here: PyTorch installed and the default backend (or ``platform``) is the CPU."""
+    if not available():
+        raise ValueError("conv_impl uses the 'torch' lowering, but PyTorch is not installed: "
+                         "pip install torch (the CPU wheel is enough), or use conv_impl='auto'")
+    platform = platform or jax.default_backend()
+    if platform != "cpu":
+        raise ValueError(f"the 'torch' convolution lowering runs on CPU only, the backend is {platform!r}: "
+                         "use conv_impl='auto' (XLA's convolution on accelerators)")
+
+
+def _check_dtype(*arrays: jax.Array) -> None:
+    for a in arrays:
+        if str(a.dtype) not in _DTYPES:
+            raise ValueError(f"the 'torch' convolution lowering takes {_DTYPES} arrays, got {a.dtype}: "
+                             "use conv_impl='auto' for other dtypes")
+
+
+def _nchw(buf: Any) -> Any:
+    """An XLA NHWC buffer as a torch tensor of logical shape NCHW (channels-last strides, no copy)."""
+    return _torch().from_dlpack(buf).permute(0, 3, 1, 2)
+
+
+def _oihw(buf: Any) -> Any:
+    """An XLA HWIO kernel buffer as a torch OIHW tensor (a view, no copy)."""
+    return _torch().from_dlpack(buf).permute(3, 2, 0, 1)
+
+
+def _padded(x: Any, pads: Pads) -> tuple[Any, list[int]]:
+    """(input, torch padding): symmetric padding is passed to torch; asymmetric padding is applied
+    to the input first (torch's convolutions pad symmetrically)."""
+    (top, bottom), (left, right) = pads
+    if top == bottom and left == right:
+        return x, [top, left]
+    return _torch().nn.functional.pad(x, (left, right, top, bottom)), [0, 0]
+
+
+def _conv_backward(x, k, g, strides, pads, which: tuple[bool, bool]):
+    """torch's convolution backward: (input gradient or None, kernel gradient or None)."""
+    torch = _torch()
+    xt, pad = _padded(_nchw(x), pads)
+    gx, gk, _ = torch.ops.aten.convolution_backward(
+        _nchw(g), xt, _oihw(k), None, list(strides), pad, [1, 1], False, [0, 0], 1, [which[0], which[1], False])
+    return gx, gk
+
+
+def _forward_callback(ctx, out, x, k, *, strides, pads):
+    del ctx
+    torch = _torch()
+    with torch.no_grad():
+        xt, pad = _padded(_nchw(x), pads)
+        y = torch.nn.functional.conv2d(xt, _oihw(k), stride=list(strides), padding=pad)
+        torch.from_dlpack(out).copy_(y.permute(0, 2, 3, 1))
+
+
+def _input_grad_callback(ctx, out, x, k, g, *, strides, pads):
+    del ctx
+    torch = _torch()
+    with torch.no_grad():
+        gx, _ = _conv_backward(x, k, g, strides, pads, (True, False))
+        (top, bottom), (left, right) = pads
+        if (top, left) != (bottom, right):  # the input was padded before the convolution: crop back
+            gx = gx[:, :, top:gx.shape[2] - bottom, left:gx.shape[3] - right]
+        torch.from_dlpack(out).copy_(gx.permute(0, 2, 3, 1))
+
+
+def _kernel_grad_callback(ctx, out, x, k, g, *, strides, pads):
+    del ctx
+    torch = _torch()
+    with torch.no_grad():
+        _, gk = _conv_backward(x, k, g, strides, pads, (False, True))
+        torch.from_dlpack(out).copy_(gk.permute(2, 3, 1, 0))
+
+
+def _call(callback, result: jax.ShapeDtypeStruct, *args: jax.Array) -> jax.Array:
+    from jax.experimental.buffer_callback import buffer_callback
+
+    _check_dtype(*args)
+    return buffer_callback(callback, result, vmap_method="sequential")(*args)
+
+
+def output_shape(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int],
+                 pads: Pads) -> tuple[int, int, int, int]:
+    """NHWC shape of the convolution of an NHWC ``x_shape`` input with an HWIO ``kernel_shape`` kernel."""
+    n, h, w, _ = x_shape
+    kh, kw, _, o = kernel_shape
+    return (n, (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1,
+            (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1, o)
+
+
+def forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
+    """``conv(x, kernel)`` (NHWC, HWIO, explicit padding) by ``torch.nn.functional.conv2d``."""
+    result = jax.ShapeDtypeStruct(output_shape(x.shape, kernel.shape, strides, pads), x.dtype)
+    return _call(functools.partial(_forward_callback, strides=tuple(strides), pads=pads), result, x, kernel)
+
+
+def input_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
+    """Cotangent of ``x`` for the output cotangent ``g``, by torch's convolution backward."""
+    result = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    return _call(functools.partial(_input_grad_callback, strides=tuple(strides), pads=pads), result, x, kernel, g)
+
+
+def kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
+    """Cotangent of ``kernel`` for the output cotangent ``g``, by torch's convolution backward."""
+    result = jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
+    return _call(functools.partial(_kernel_grad_callback, strides=tuple(strides), pads=pads), result, x, kernel, g)
+
+
+__all__ = ["available", "require", "forward", "input_grad", "kernel_grad", "output_shape"]

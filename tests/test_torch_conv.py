@@ -1,0 +1,138 @@
+"""The "torch" convolution lowering (PyTorch's CPU kernels through buffer callbacks).
+
+Skipped where PyTorch is not installed (it is an optional dependency); the refusal tests run
+everywhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ballot_jax import models
+from ballot_jax.models import conv as conv_lib
+from ballot_jax.models import torch_conv
+
+# find_spec, not an import: collecting this file must not load PyTorch into the whole test session.
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
+
+CASES = [
+    # (input shape, features, kernel, strides, padding): symmetric, asymmetric ("SAME" with stride 2
+    # on an even side pads (0, 1)), explicit per-side, 1x1 strided, 7x7 stem-like, non-square.
+    ((2, 9, 9, 3), 4, (3, 3), 1, "SAME"),
+    ((2, 8, 8, 3), 5, (3, 3), 2, "SAME"),
+    ((2, 8, 8, 4), 6, (3, 3), 2, 1),
+    ((2, 8, 6, 4), 3, (1, 1), 2, 0),
+    ((2, 12, 12, 3), 8, (7, 7), 2, 3),
+    ((2, 6, 7, 3), 4, (3, 1), (2, 1), ((1, 0), (0, 2))),
+    ((2, 7, 5, 3), 4, (2, 2), 1, "VALID"),
+]
+
+
+def _randn(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+@needs_torch
+@pytest.mark.parametrize("shape,features,kernel_size,strides,padding", CASES)
+@pytest.mark.parametrize("plan", ["torch", "torch/xla/offsets", "xla/torch/torch"])
+def test_torch_products_match_xla(shape, features, kernel_size, strides, padding, plan) -> None:
+    ks, st = conv_lib._pair(kernel_size, "k"), conv_lib._pair(strides, "s")
+    pads = conv_lib.normalize_padding(padding, shape[1:3], ks, st)
+    x, k = _randn(shape, 1), _randn(ks + (shape[-1], features), 2)
+
+    @jax.jit
+    def run(x, k):
+        out = {}
+        for impl in ("xla", plan):
+            y, vjp = jax.vjp(lambda x, k, impl=impl: conv_lib.apply_plan(x, k, st, pads, None, impl), x, k)
+            cot = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
+            out[impl] = (y, vjp(cot))
+        return out
+
+    out = run(x, k)
+    chex.assert_trees_all_close(out[plan], out["xla"], rtol=1e-5, atol=1e-4)
+
+
+@needs_torch
+def test_unused_input_gradient_is_not_computed(monkeypatch) -> None:
+    calls = []
+    original = torch_conv._input_grad_callback
+    monkeypatch.setattr(torch_conv, "_input_grad_callback", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    x, k = _randn((2, 8, 8, 3)), _randn((3, 3, 3, 4), 1)
+    pads = ((1, 1), (1, 1))
+
+    def loss(k, x):
+        return jnp.sum(conv_lib.apply_plan(x, k, (1, 1), pads, None, "torch") ** 2)
+
+    jax.block_until_ready(jax.jit(jax.grad(loss))(k, x))
+    assert calls == []  # only the kernel's gradient was asked for: the input-gradient callback was cut
+    jax.block_until_ready(jax.jit(jax.grad(loss, argnums=(0, 1)))(k, x))
+    assert calls == [1]
+
+
+@needs_torch
+def test_model_auto_torch_matches_xla() -> None:
+    # 32x32 input: cnn_small's first convolutions have 32x32 outputs (torch under "auto_torch"),
+    # the later ones smaller maps (auto's XLA lowerings) — both kinds in one train step.
+    x, labels = _randn((2, 32, 32, 3)), jnp.array([0, 1])
+    built = {impl: models.create("cnn_small", num_classes=3, conv_impl=impl) for impl in ("xla", "auto_torch")}
+    variables = built["xla"].init(jax.random.PRNGKey(0), x, train=False)
+
+    @jax.jit
+    def run(variables, x):
+        out = {}
+        for impl, model in built.items():
+            def loss(params, model=model):
+                logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+                return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+            out[impl] = jax.value_and_grad(loss)(variables["params"])
+        return out
+
+    out = run(variables, x)
+    chex.assert_trees_all_close(out["auto_torch"], out["xla"], rtol=1e-4, atol=1e-5)
+    # the rule really sent some convolutions to torch and left others to XLA
+    plans = {conv_lib.choose_conv_impl((h, h), (3, 3), (1, 1), 8, 8, platform="cpu", torch=True) for h in (32, 4)}
+    assert plans == {"torch", "patches"}
+
+
+@needs_torch
+def test_bfloat16_compute() -> None:
+    x = _randn((2, 16, 16, 3)).astype(jnp.bfloat16)
+    k = _randn((3, 3, 3, 4), 1).astype(jnp.bfloat16)
+    pads = ((1, 1), (1, 1))
+    y = jax.jit(lambda x, k: conv_lib.apply_plan(x, k, (1, 1), pads, None, "torch"))(x, k)
+    ref = conv_lib.conv_xla(x.astype(jnp.float32), k.astype(jnp.float32), (1, 1), pads)
+    assert y.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref), rtol=0.05, atol=0.1)
+
+
+def test_choose_rule_with_torch() -> None:
+    choose = conv_lib.choose_conv_impl
+    big = conv_lib.TORCH_MIN_OUTPUT_SIDE
+    assert choose((2 * big, 2 * big), (7, 7), (2, 2), 3, 64, platform="cpu", torch=True) == "torch"
+    assert choose((big, big), (3, 3), (1, 1), 64, 64, platform="cpu", torch=True) == "torch"
+    # below the threshold (and without torch) the XLA rule decides
+    assert choose((big, big), (3, 3), (2, 2), 64, 128, platform="cpu", torch=True) == \
+        choose((big, big), (3, 3), (2, 2), 64, 128, platform="cpu")
+    assert choose((2, 2), (3, 3), (1, 1), 512, 512, platform="cpu", torch=True) == "patches"
+    assert choose((64, 64), (3, 3), (1, 1), 64, 64, platform="gpu", torch=True) == "xla"
+
+
+def test_refusals_name_the_fix(monkeypatch) -> None:
+    monkeypatch.setattr(torch_conv, "_torch", lambda: None)
+    for impl in ("torch", "auto_torch", "xla/torch/offsets"):
+        with pytest.raises(ValueError, match="pip install torch"):
+            models.create("cnn_small", num_classes=3, conv_impl=impl)
+    monkeypatch.undo()
+    if importlib.util.find_spec("torch") is not None:
+        with pytest.raises(ValueError, match="CPU only"):
+            torch_conv.require(platform="gpu")
+    with pytest.raises(ValueError, match="forward/input_grad/kernel_grad"):
+        conv_lib.parse_plan("torch/offsets/xla")
