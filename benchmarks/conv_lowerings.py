@@ -4,10 +4,14 @@ For every distinct convolution shape of the reference model (ResNet-18, ImageNet
 inputs, batch 32) this times the forward pass, the input gradient and the kernel gradient under
 every lowering that :mod:`ballot_jax.models.conv` offers for that product (``xla``: XLA's
 convolution; ``patches``: im2col + one matmul; ``offsets``: one matmul per kernel offset, kernel
-gradient only). Lowerings alternate inside each round, so a loaded machine slows them alike. The
+gradient only; ``torch``: PyTorch's CPU kernel through a buffer callback, where PyTorch is
+installed). Lowerings alternate inside each round, so a loaded machine slows them alike. The
 table gives the median milliseconds, the fastest lowering, and the lowering that ``conv_impl="auto"``
 (:func:`~ballot_jax.models.conv.choose_conv_impl`) uses, and the step time each choice implies
-(sum over the model's convolutions, input gradient of the stem excluded: nothing needs it).
+(sum over the model's convolutions, input gradient of the stem excluded: nothing needs it), also
+for ``"auto_torch"`` where PyTorch is installed. Each product is timed alone: inside a train step
+the PyTorch products run slower (see ``ballot_jax.models.torch_conv``), so only whole-step
+comparisons (``throughput.py``) decide a rule.
 """
 
 from __future__ import annotations
@@ -46,31 +50,39 @@ SMOKE_SHAPES = (("3x3 8->8 @8", 8, 8, 8, 3, 1, 1, 1, True), ("3x3 8->8 @2", 2, 8
 def product_fns(ks: tuple[int, int], st: tuple[int, int], pads) -> dict[str, dict[str, object]]:
     """Jitted ``fn(x, kernel, g)`` per product and lowering."""
     from ballot_jax.models import conv as C
+    from ballot_jax.models import torch_conv
 
-    fwd = {name: jax.jit(lambda x, k, g, f=f: f(x, k, st, pads)) for name, f in C._FORWARD.items()}
+    def usable(names):
+        return [n for n in names if n != "torch" or torch_conv.available()]
+
+    fwd = {name: jax.jit(lambda x, k, g, f=C._FORWARD[name]: f(x, k, st, pads))
+           for name in usable(C.FORWARD_LOWERINGS)}
     dx = {name: jax.jit(lambda x, k, g, n=name: C._input_grad(n, x, k, g, st, pads, None))
-          for name in C.INPUT_GRAD_LOWERINGS}
+          for name in usable(C.INPUT_GRAD_LOWERINGS)}
     dk = {name: jax.jit(lambda x, k, g, n=name: C._kernel_grad(n, x, k, g, st, pads, None))
-          for name in C.KERNEL_GRAD_LOWERINGS}
+          for name in usable(C.KERNEL_GRAD_LOWERINGS)}
     return {"forward": fwd, "input_grad": dx, "kernel_grad": dk}
 
 
 def run(smoke: bool = False, rounds: int | None = None, reps: int | None = None) -> tuple[list[Row], dict]:
     from ballot_jax.models import conv as C
+    from ballot_jax.models import torch_conv
 
+    with_torch = torch_conv.available()
     shapes = SMOKE_SHAPES if smoke else REFERENCE_SHAPES
     batch = 2 if smoke else 32
     rounds = rounds or (1 if smoke else 5)
     reps = reps or (1 if smoke else 3)
     rng = np.random.default_rng(0)
     rows, meta = [], {"batch": batch, "rounds": rounds, "reps": reps, "shapes": {}}
-    total = {"fastest": 0.0, "auto": 0.0}
+    total = {"fastest": 0.0, "auto": 0.0, **({"auto_torch": 0.0} if with_torch else {})}
     for name, side, cin, cout, k, s, p, count, needs_dx in shapes:
         ks, st, pads = (k, k), (s, s), ((p, p), (p, p))
         x = jnp.asarray(rng.standard_normal((batch, side, side, cin)), jnp.float32)
         w = jnp.asarray(rng.standard_normal((k, k, cin, cout)) * 0.05, jnp.float32)
         g = jnp.asarray(rng.standard_normal(C.conv_xla(x, w, st, pads).shape), jnp.float32)
         plan = C.parse_plan(C.choose_conv_impl((side, side), ks, st, cin, cout))
+        plan_torch = C.parse_plan(C.choose_conv_impl((side, side), ks, st, cin, cout, torch=True))
         fns = product_fns(ks, st, pads)
         measures = {}
         for product, by_lowering in fns.items():
@@ -91,13 +103,16 @@ def run(smoke: bool = False, rounds: int | None = None, reps: int | None = None)
             best = min(mine, key=mine.get)
             total["fastest"] += count * mine[best]
             total["auto"] += count * mine[plan[i]]
+            if with_torch:
+                total["auto_torch"] += count * mine[plan_torch[i]]
             detail = ", ".join(f"{lw} {v:.2f}" for lw, v in sorted(mine.items(), key=lambda kv: kv[1]))
             ratio = mine[plan[i]] / mine[best]
             rows.append(Row("P7", f"{name} x{count}: {product}, auto uses {plan[i]}", mine[plan[i]], "ms",
                             "fastest lowering", plan[i] == best or ratio <= 1.1,
                             f"{detail} (ms); auto/fastest {ratio:.2f}"))
     rows.append(Row("P7", "sum over the model's convolutions, auto's lowerings", total["auto"], "ms", "info", None,
-                    f"fastest per product: {total['fastest']:.0f} ms"))
+                    f"fastest per product: {total['fastest']:.0f} ms"
+                    + (f"; auto_torch's lowerings: {total['auto_torch']:.0f} ms" if with_torch else "")))
     meta["total_ms"] = total
     return rows, meta
 

@@ -77,7 +77,7 @@ def summarize(totals: dict[str, float], steps: int, top: int = 25) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("small", "reference"), default="small")
-    p.add_argument("--impl", default="auto", help="auto, xla, patches, hybrid or a plan forward/input_grad/kernel_grad")
+    p.add_argument("--impl", default="auto", help="auto, auto_torch, xla, patches, hybrid, torch or a plan forward/input_grad/kernel_grad")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--vote-step", action="store_true", help="profile the voting train step instead")
     p.add_argument("--dense", action="store_true", help="a mask of None leaves (no mask ops) instead of 95%% sparse")
