@@ -2,11 +2,11 @@
 
 XLA:CPU lowers a 2-D convolution to matmuls over patches; on large feature maps that moves far more
 memory than a direct convolution (``benchmarks/README.md``, batch 32, each product alone: the 7x7
-stem's kernel gradient 16.8 ms with XLA's best lowering vs 2.2 ms with oneDNN; 3x3 64->64 on 16x16
-maps 16.8 vs 5.0 ms for the three products).
+stem's kernel gradient 16.8 ms under ``auto``'s lowering (14.5 ms at best) vs 2.2 ms with oneDNN;
+3x3 64->64 on 16x16 maps 16.8 vs 5.0 ms for the three products).
 This module hands single convolution products to PyTorch through
 ``jax.experimental.buffer_callback``: PyTorch reads XLA's input buffers in place (DLPack, no copy)
-and writes its result into XLA's output buffer (one copy, which is also the layout change), so
+and its result is copied into XLA's output buffer (one copy of the result), so
 the rest of the step stays compiled XLA.
 
 * :func:`forward`, :func:`input_grad`, :func:`kernel_grad` — the three products of an NHWC/HWIO
@@ -19,9 +19,9 @@ never at import time of ``ballot_jax``. Results agree with XLA's convolution up 
 (``tests/test_torch_conv.py``). The callbacks run on the CPU. A jitted function partitioned over
 several devices still computes the right values, but XLA gathers a callback's inputs onto one
 device (no data parallelism for that layer), so ``conv_impl="auto_torch"`` keeps XLA's lowerings
-when more than one device is visible. Inside a step the products run 1.3-2x slower than alone
-(cache traffic of the XLA operations between them); the whole-step gain is what
-:func:`ballot_jax.models.conv.choose_conv_impl` was chosen on.
+when more than one device is visible. Inside a step the products run about 1.8x slower than alone
+(the longer PyTorch's threads were idle before a call, the slower it is; ``benchmarks/README.md``),
+so the threshold in :func:`ballot_jax.models.conv.choose_conv_impl` was chosen on whole steps.
 """
 
 from __future__ import annotations
