@@ -76,8 +76,8 @@ def create(
         + 3x3/2 max-pool); ignored by ``vgg16`` and ``cnn_small``.
       dtype: compute dtype of convs/dense layers (params stay float32;
         logits are float32).
-      conv_impl: ``"auto"``, ``"xla"``, ``"patches"``, ``"hybrid"`` or a
-        plan ``"forward/input_grad/kernel_grad"``, see
+      conv_impl: ``"auto"``, ``"auto_torch"``, ``"xla"``, ``"patches"``,
+        ``"hybrid"``, ``"torch"`` or a plan ``"forward/input_grad/kernel_grad"``, see
         :class:`ballot_jax.models.conv.Conv`.
 
     Raises:
