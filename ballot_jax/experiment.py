@@ -33,15 +33,26 @@ TIMINGS = "timings.json"
 
 
 def build_model(config: Any, task: Any):
-    """The Flax module for ``config.model`` sized for the task."""
+    """The Flax module for ``config.model`` sized for the task.
+
+    ``conv_impl="auto_torch"`` in a run partitioned over several devices becomes ``"auto"`` (with a
+    warning): PyTorch's kernels would see each convolution's whole batch on one device, which
+    undoes the data parallelism (the values would be right).
+    """
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    conv_impl = config.conv_impl
+    if conv_impl == "auto_torch" and parallel.context_sharding(config) is not None:
+        log.warning("conv_impl='auto_torch' runs on one device; this run is split over %d devices, so it uses "
+                    "conv_impl='auto' (set data_parallel=False to use PyTorch's kernels on one device)",
+                    jax.device_count())
+        conv_impl = "auto"
     return models.create(
         config.model,
         num_classes=task.num_classes,
         width=float(config.width),
         stem=config.stem,
         dtype=dtype,
-        conv_impl=config.conv_impl,
+        conv_impl=conv_impl,
     )
 
 

@@ -258,7 +258,10 @@ def conv_torch(
     """2-D NHWC/HWIO convolution by PyTorch's CPU kernel (:func:`.torch_conv.forward`; ``precision``
     does not apply: PyTorch computes in the inputs' dtype)."""
     del precision
-    return torch_conv.forward(x, kernel, strides, pads)
+    (top, bottom), (left, right) = pads
+    out_shape = (x.shape[0], _out_size(x.shape[1], kernel.shape[0], strides[0], top, bottom),
+                 _out_size(x.shape[2], kernel.shape[1], strides[1], left, right), kernel.shape[-1])
+    return torch_conv.forward(x, kernel, strides, pads, out_shape)
 
 
 _FORWARD = {"xla": conv_xla, "patches": conv_patches, "torch": conv_torch}
@@ -424,9 +427,7 @@ class Conv(nn.Module):
         pads = normalize_padding(self.padding, x.shape[1:3], ks, st)
         impl = self.impl
         if impl in AUTO_IMPLS:
-            # PyTorch's kernels run on one device: a step partitioned over several keeps XLA's lowerings.
-            torch = impl == "auto_torch" and jax.device_count() == 1
-            impl = choose_conv_impl(x.shape[1:3], ks, st, cin, self.features, torch=torch)
+            impl = choose_conv_impl(x.shape[1:3], ks, st, cin, self.features, torch=impl == "auto_torch")
         y = apply_plan(x, kernel, st, pads, self.precision, impl)
         if bias is not None:
             y = y + bias

@@ -18,8 +18,8 @@ PyTorch is optional (``pip install torch``; the CPU wheel suffices). It is impor
 never at import time of ``ballot_jax``. Results agree with XLA's convolution up to float rounding
 (``tests/test_torch_conv.py``). The callbacks run on the CPU. A jitted function partitioned over
 several devices still computes the right values, but XLA gathers a callback's inputs onto one
-device (no data parallelism for that layer), so ``conv_impl="auto_torch"`` keeps XLA's lowerings
-when more than one device is visible. Inside a step the products run about 1.8x slower than alone
+device (no data parallelism for that layer), so the experiment runner uses ``"auto"`` instead of
+``"auto_torch"`` when it splits batches over several devices (:func:`ballot_jax.experiment.build_model`). Inside a step the products run about 1.8x slower than alone
 (the longer PyTorch's threads were idle before a call, the slower it is; ``benchmarks/README.md``),
 so the threshold in :func:`ballot_jax.models.conv.choose_conv_impl` was chosen on whole steps.
 """
@@ -132,18 +132,11 @@ def _call(callback, result: jax.ShapeDtypeStruct, *args: jax.Array) -> jax.Array
     return buffer_callback(callback, result, vmap_method="sequential")(*args)
 
 
-def output_shape(x_shape: tuple[int, ...], kernel_shape: tuple[int, ...], strides: tuple[int, int],
-                 pads: Pads) -> tuple[int, int, int, int]:
-    """NHWC shape of the convolution of an NHWC ``x_shape`` input with an HWIO ``kernel_shape`` kernel."""
-    n, h, w, _ = x_shape
-    kh, kw, _, o = kernel_shape
-    return (n, (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1,
-            (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1, o)
-
-
-def forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
-    """``conv(x, kernel)`` (NHWC, HWIO, explicit padding) by ``torch.nn.functional.conv2d``."""
-    result = jax.ShapeDtypeStruct(output_shape(x.shape, kernel.shape, strides, pads), x.dtype)
+def forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads: Pads,
+            out_shape: tuple[int, ...]) -> jax.Array:
+    """``conv(x, kernel)`` (NHWC, HWIO, explicit padding; NHWC ``out_shape``, which the caller knows)
+    by ``torch.nn.functional.conv2d``."""
+    result = jax.ShapeDtypeStruct(tuple(out_shape), x.dtype)
     return _call(functools.partial(_forward_callback, strides=tuple(strides), pads=pads), result, x, kernel)
 
 
@@ -159,4 +152,4 @@ def kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, strides: tuple[in
     return _call(functools.partial(_kernel_grad_callback, strides=tuple(strides), pads=pads), result, x, kernel, g)
 
 
-__all__ = ["available", "require", "forward", "input_grad", "kernel_grad", "output_shape"]
+__all__ = ["available", "require", "forward", "input_grad", "kernel_grad"]
