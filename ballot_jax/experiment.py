@@ -225,7 +225,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str, *, progress:
     results["timings"] = {"total_seconds": time.perf_counter() - t_start,
                           "train_step_compilations": train.compilation_count(base_ctx.train_step),
                           "devices": 1 if base_ctx.sharding is None else int(base_ctx.sharding.mesh.size),
-                          "compilation_cache": {k: v for k, v in CACHE_EVENTS.items() if not k.startswith("_")}}
+                          "compilation_cache": cache_counts()}
     _write_results(workdir, results)
     return results
 
@@ -293,8 +293,9 @@ def use_compilation_cache(directory: str) -> str | None:
     """Turns on JAX's persistent compilation cache in ``directory`` ("" or None: off).
 
     Every compiled computation is cached, however fast it compiled, so a rerun, a resumed run or
-    the next process compiles nothing it compiled before. Call it before the first compilation
-    of the process (the scripts do). Hits and misses are counted in :data:`CACHE_EVENTS` and
+    the next process compiles nothing it compiled before — except executables that call back into
+    Python (``conv_impl="auto_torch"``), which JAX never writes to the cache. Call it before the
+    first compilation of the process (the scripts do). Hits and misses (:func:`cache_counts`) are
     written to ``timings.json``. Returns the directory used.
     """
     if not directory:
@@ -310,6 +311,20 @@ def use_compilation_cache(directory: str) -> str | None:
             lambda event, **_: CACHE_EVENTS.update([event.rsplit("/", 1)[-1]])
             if event.startswith("/jax/compilation_cache/") else None)
     return directory
+
+
+def cache_counts() -> dict[str, Any]:
+    """This process's persistent-cache counts: ``requests``, ``hits``, ``misses`` (requests − hits) and
+    ``written`` entries, plus JAX's raw ``events``.
+
+    JAX's own ``cache_misses`` event counts entries *written*, not misses: an executable JAX never
+    writes — one that calls back into Python, as every step under ``conv_impl="auto_torch"`` does —
+    is compiled again by every process without appearing there, so misses are derived here.
+    """
+    events = {k: v for k, v in CACHE_EVENTS.items() if not k.startswith("_")}
+    requests, hits = events.get("compile_requests_use_cache", 0), events.get("cache_hits", 0)
+    return {"requests": requests, "hits": hits, "misses": requests - hits,
+            "written": events.get("cache_misses", 0), "events": events}
 
 
 def config_conflicts(saved: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

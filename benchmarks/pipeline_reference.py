@@ -308,8 +308,9 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
     share_compile = compile_total / process_wall
     cache_note = "no persistent cache (cold start)"
     if cache_dir:
-        ev = experiment.CACHE_EVENTS
-        cache_note = f"persistent cache {cache_dir}: {ev.get('cache_hits', 0)} hits, {ev.get('cache_misses', 0)} misses"
+        counts = experiment.cache_counts()
+        cache_note = (f"persistent cache {cache_dir}: {counts['hits']} hits, {counts['misses']} misses, "
+                      f"{counts['written']} written")
     rows.append(Row("P4", "  compilation (trace + lower + compile) / process wall time", 100 * share_compile, "%",
                     "<= 5%", share_compile <= 0.05, f"{compile_total:.1f} s of {process_wall:.0f} s; {cache_note}"))
     if prototype is not None:
@@ -320,7 +321,7 @@ def run(smoke: bool = False, checkpoint: bool = True, vote_source: str = "pass",
             "data": data_info, "real_archive": real, "test_accuracy": test["accuracy"], "checkpoint": checkpoint,
             "vote_source": vote_source, "conv_impl": conv_impl, "n_train": n_train,
             "backend_compiles": backend, "train_step_cache_size": step_cache, "compilation_cache": cache_dir,
-            "cache_events": {k: v for k, v in experiment.CACHE_EVENTS.items() if not k.startswith("_")}}
+            "cache_counts": experiment.cache_counts()}
     return rows, meta
 
 

@@ -26,6 +26,31 @@ def test_second_process_hits_the_cache_and_gives_the_same_bytes(tmp_path):
     cache = tmp_path / "cache"
     first = _run(tmp_path / "a", cache)
     second = _run(tmp_path / "b", cache)
-    assert first.get("cache_misses", 0) > 0 and any(cache.iterdir())
-    assert second.get("cache_misses", 0) == 0 and second["cache_hits"] == second["compile_requests_use_cache"] > 0
+    assert first["misses"] == first["written"] > 0 and any(cache.iterdir())
+    assert second["misses"] == second["written"] == 0 and second["hits"] == second["requests"] > 0
     assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()
+
+
+_CALLBACK_SCRIPT = """
+import sys, jax, jax.numpy as jnp, numpy as np
+from ballot_jax import experiment
+experiment.use_compilation_cache(sys.argv[1])
+f = jax.jit(lambda x: jax.pure_callback(lambda a: np.asarray(a) * 2, jax.ShapeDtypeStruct((3,), jnp.float32), x) + 1)
+f(jnp.ones(3, jnp.float32)).block_until_ready()
+c = experiment.cache_counts()
+print(c["requests"], c["hits"], c["misses"], c["written"])
+"""
+
+
+def test_an_executable_with_a_python_callback_counts_as_a_miss_in_every_process(tmp_path):
+    """JAX never writes executables that call back into Python (as conv_impl='auto_torch' steps do) to
+    the cache, and its own 'cache_misses' event does not count them: cache_counts() must."""
+    counts = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _CALLBACK_SCRIPT, str(tmp_path / "cache")],
+                              capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        counts.append([int(v) for v in proc.stdout.split()[-4:]])
+    first, second = counts
+    assert first[2] >= 1 and first[2] == first[0] - first[1]
+    assert second[2] >= 1 and second[1] == first[3]  # the callback's executable is missed again; the rest hit
