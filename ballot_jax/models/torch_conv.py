@@ -155,7 +155,8 @@ def input_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, strides: tuple[int
 
 
 def kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
-    """Cotangent of ``kernel`` for the output cotangent ``g``, by torch's convolution backward."""
+    """Cotangent of ``kernel`` for the output cotangent ``g``, by torch's convolution backward (an unpadded
+    1x1 kernel: one torch matmul over the strided input positions)."""
     result = jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
     return _call(functools.partial(_kernel_grad_callback, strides=tuple(strides), pads=pads), result, x, kernel, g)
 
