@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.seeds=1", "--config.methods=ballot,magnitude", "--config.dense_epochs=1", "--config.retrain_epochs=1",
         "--config.ballot.vote_epochs=1", "--config.lth.round_epochs=1", "--config.progress=False", "--config.plots=False"]
@@ -54,3 +56,37 @@ def test_an_executable_with_a_python_callback_counts_as_a_miss_in_every_process(
     first, second = counts
     assert first[2] >= 1 and first[2] == first[0] - first[1]
     assert second[2] >= 1 and second[1] == first[3]  # the callback's executable is missed again; the rest hit
+
+
+_TORCH_SCRIPT = """
+import sys, jax, jax.numpy as jnp
+from ballot_jax import experiment
+from ballot_jax.models import conv, torch_conv
+experiment.use_compilation_cache(sys.argv[1])
+assert torch_conv.use_ffi()
+pads = ((1, 1), (1, 1))
+loss = lambda x, k: jnp.sum(conv.apply_plan(x, k, (1, 1), pads, None, "torch") ** 2)
+g = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4)))
+jax.block_until_ready(g)
+c = experiment.cache_counts()
+print(c["requests"], c["hits"], c["misses"], c["written"])
+"""
+
+
+def test_pytorch_convolutions_as_ffi_targets_are_cached_across_processes(tmp_path):
+    """conv_impl='auto_torch' steps call PyTorch through compiled FFI targets (not Python callbacks),
+    so a second process finds them in the cache."""
+    pytest.importorskip("torch")
+    from ballot_jax.models import torch_conv
+
+    if not torch_conv.use_ffi():
+        pytest.skip("the FFI handlers cannot be built here (see the logged warning)")
+    counts = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT, str(tmp_path / "cache")],
+                              capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        counts.append([int(v) for v in proc.stdout.split()[-4:]])
+    first, second = counts
+    assert first[3] == first[2] >= 1  # every miss written, the step with PyTorch's products included
+    assert second[2] == 0 and second[1] == second[0] == first[0]

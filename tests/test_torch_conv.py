@@ -16,7 +16,7 @@ import pytest
 
 from ballot_jax import models
 from ballot_jax.models import conv as conv_lib
-from ballot_jax.models import torch_conv
+from ballot_jax.models import torch_conv, torch_ffi
 
 # find_spec, not an import: collecting this file must not load PyTorch into the whole test session.
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed")
@@ -59,31 +59,57 @@ def test_torch_products_match_xla(shape, features, kernel_size, strides, padding
     chex.assert_trees_all_close(out[plan], out["xla"], rtol=1e-5, atol=1e-4)
 
 
+@pytest.fixture(params=["ffi", "callback"])
+def path(request, monkeypatch) -> str:
+    """Run a test through the compiled FFI targets and again through Python callbacks."""
+    if request.param == "callback":
+        monkeypatch.setattr(torch_conv, "use_ffi", lambda: False)
+    elif not torch_conv.use_ffi():
+        pytest.skip("the FFI handlers cannot be built here (see the logged warning)")
+    return request.param
+
+
+def _product_counts(fn, args, monkeypatch) -> tuple[dict[str, int], object]:
+    """(How many of each PyTorch product one call of the jitted, not yet traced ``fn`` computes, its
+    output): custom calls left in the optimised HLO (FFI path; XLA removes unused ones) or callbacks
+    as they run (callback path)."""
+    if torch_conv.use_ffi():
+        compiled = fn.lower(*args).compile()
+        text = compiled.as_text()
+        return {p: text.count(f'custom_call_target="{t}"') for p, (t, _) in torch_ffi.TARGETS.items()}, compiled(*args)
+    counts = dict.fromkeys(torch_ffi.TARGETS, 0)
+    for product in counts:
+        name = f"_{product}_callback"
+        original = getattr(torch_conv, name)
+
+        def counted(*a, _original=original, _product=product, **kw):
+            counts[_product] += 1
+            return _original(*a, **kw)
+
+        monkeypatch.setattr(torch_conv, name, counted)
+    out = jax.block_until_ready(fn(*args))
+    return counts, out
+
+
 @needs_torch
-def test_unused_input_gradient_is_not_computed(monkeypatch) -> None:
-    calls = []
-    original = torch_conv._input_grad_callback
-    monkeypatch.setattr(torch_conv, "_input_grad_callback", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+def test_unused_input_gradient_is_not_computed(path, monkeypatch) -> None:
     x, k = _randn((2, 8, 8, 3)), _randn((3, 3, 3, 4), 1)
     pads = ((1, 1), (1, 1))
 
     def loss(k, x):
         return jnp.sum(conv_lib.apply_plan(x, k, (1, 1), pads, None, "torch") ** 2)
 
-    jax.block_until_ready(jax.jit(jax.grad(loss))(k, x))
-    assert calls == []  # only the kernel's gradient was asked for: the input-gradient callback was cut
-    jax.block_until_ready(jax.jit(jax.grad(loss, argnums=(0, 1)))(k, x))
-    assert calls == [1]
+    # only the kernel's gradient is asked for: the input-gradient product is cut
+    assert _product_counts(jax.jit(jax.grad(loss)), (k, x), monkeypatch)[0] == \
+        {"forward": 1, "input_grad": 0, "kernel_grad": 1}
+    assert _product_counts(jax.jit(jax.grad(loss, argnums=(0, 1))), (k, x), monkeypatch)[0] == \
+        {"forward": 1, "input_grad": 1, "kernel_grad": 1}
 
 
 @needs_torch
-def test_model_auto_torch_matches_xla(monkeypatch) -> None:
+def test_model_auto_torch_matches_xla(path, monkeypatch) -> None:
     # 16x16 input: cnn_small's stem (16x16 output) and conv1 (8x8) go to torch under "auto_torch",
     # conv2 (4x4 output) keeps auto's XLA lowering — both kinds in one train step.
-    forward_calls = []
-    original = torch_conv._forward_callback
-    monkeypatch.setattr(torch_conv, "_forward_callback",
-                        lambda *a, **kw: forward_calls.append(1) or original(*a, **kw))
     x, labels = _randn((2, 16, 16, 3)), jnp.array([0, 1])
     built = {impl: models.create("cnn_small", num_classes=3, conv_impl=impl) for impl in ("xla", "auto_torch")}
     variables = built["xla"].init(jax.random.PRNGKey(0), x, train=False)
@@ -99,9 +125,46 @@ def test_model_auto_torch_matches_xla(monkeypatch) -> None:
             out[impl] = jax.value_and_grad(loss)(variables["params"])
         return out
 
-    out = run(variables, x)
+    counts, out = _product_counts(run, (variables, x), monkeypatch)
     chex.assert_trees_all_close(out["auto_torch"], out["xla"], rtol=1e-4, atol=1e-5)
-    assert len(forward_calls) == 2  # exactly the two large-output convolutions ran in PyTorch
+    # exactly the two large-output convolutions ran in PyTorch (the stem's input gradient is not needed)
+    assert counts == {"forward": 2, "input_grad": 1, "kernel_grad": 2}
+
+
+@needs_torch
+def test_ffi_targets_and_callbacks_give_the_same_bits(monkeypatch) -> None:
+    """The C++ handlers call the same ATen functions as the Python callbacks: identical values."""
+    if not torch_conv.use_ffi():
+        pytest.skip("the FFI handlers cannot be built here (see the logged warning)")
+
+    def products(x, k, st, pads):
+        y, vjp = jax.vjp(lambda x, k: conv_lib.apply_plan(x, k, st, pads, None, "torch"), x, k)
+        return y, vjp(jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape))
+
+    for shape, features, kernel_size, strides, padding in CASES:
+        ks, st = conv_lib._pair(kernel_size, "k"), conv_lib._pair(strides, "s")
+        pads = conv_lib.normalize_padding(padding, shape[1:3], ks, st)
+        x, k = _randn(shape, 1), _randn(ks + (shape[-1], features), 2)
+        ffi = jax.jit(products, static_argnums=(2, 3))(x, k, st, pads)
+        with monkeypatch.context() as m:
+            m.setattr(torch_conv, "use_ffi", lambda: False)
+            callback = jax.jit(products, static_argnums=(2, 3))(x, k, st, pads)
+        chex.assert_trees_all_equal(ffi, callback)
+
+
+def test_ffi_build_failure_falls_back_with_one_line_naming_the_fix(monkeypatch, tmp_path, caplog) -> None:
+    monkeypatch.setenv(torch_ffi.ENV_SWITCH, "0")
+    assert torch_ffi.try_register() is False  # switched off: no build, no warning
+    if importlib.util.find_spec("torch") is None:
+        return
+    monkeypatch.setenv(torch_ffi.ENV_SWITCH, "1")
+    monkeypatch.setenv(torch_ffi.ENV_BUILD_DIR, str(tmp_path))
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    with caplog.at_level("WARNING"):
+        assert torch_ffi.try_register() is False
+    (record,) = [r for r in caplog.records if r.name == torch_ffi.__name__]
+    assert "no C++ compiler found" in record.getMessage() and "Fix: install a C++17 compiler" in record.getMessage()
+    assert list(tmp_path.iterdir()) == []  # nothing half-built left behind
 
 
 @needs_torch
@@ -160,7 +223,7 @@ def test_runner_uses_auto_when_the_run_is_split_over_devices(caplog) -> None:
 
 
 @needs_torch
-def test_strided_1x1_kernel_grad_is_right_every_time() -> None:
+def test_strided_1x1_kernel_grad_is_right_every_time(path) -> None:
     """PyTorch 2.13's own channels-last kernel gradient of 1x1 stride-2 convolutions was wrong in 57 of
     6,596 random cases on an AVX2 CPU (intermittently, for the same shape); the lowering computes
     1x1 kernel gradients as one matmul instead. Many repeats, as the failure was intermittent."""

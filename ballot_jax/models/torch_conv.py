@@ -4,23 +4,33 @@ XLA:CPU lowers a 2-D convolution to matmuls over patches; on large feature maps 
 memory than a direct convolution (``benchmarks/README.md``, batch 32, each product alone: the 7x7
 stem's kernel gradient 16.8 ms under ``auto``'s lowering (14.5 ms at best) vs 2.2 ms with oneDNN;
 3x3 64->64 on 16x16 maps 16.8 vs 5.0 ms for the three products).
-This module hands single convolution products to PyTorch through
-``jax.experimental.buffer_callback``: PyTorch reads XLA's input buffers in place (DLPack, no copy)
-and its result is copied into XLA's output buffer (one copy of the result), so
-the rest of the step stays compiled XLA.
+This module hands single convolution products to PyTorch from inside the step, in one of two ways
+that compute the same values (the same ATen calls; tested bit for bit):
+
+* as **compiled XLA FFI targets** (:mod:`.torch_ffi`: three C++ handlers built once per machine),
+  the default. JAX caches executables that call them like any others, so a second process
+  compiles nothing again.
+* as **Python callbacks** (``jax.experimental.buffer_callback``) when the handlers cannot be built
+  (no C++ compiler; one logged warning) or ``BALLOT_JAX_TORCH_FFI=0``. JAX never writes an
+  executable with a Python callback to its persistent cache: every process compiles such steps again.
+
+Either way PyTorch reads XLA's input buffers in place (no copy) and its result is copied into XLA's
+output buffer once, so the rest of the step stays compiled XLA.
 
 * :func:`forward`, :func:`input_grad`, :func:`kernel_grad` — the three products of an NHWC/HWIO
-  convolution with explicit ``((lo, hi), (lo, hi))`` padding; each is its own callback, so an
+  convolution with explicit ``((lo, hi), (lo, hi))`` padding; each is its own custom call, so an
   unused input gradient (the stem's) is never computed.
 * :func:`require` — one clear error when PyTorch is missing or the backend is not the CPU.
+* :func:`use_ffi` — which of the two ways this process uses.
 
 PyTorch is optional (``pip install torch``; the CPU wheel suffices). It is imported on first use,
 never at import time of ``ballot_jax``. Results agree with XLA's convolution up to float rounding
-(``tests/test_torch_conv.py``). The callbacks run on the CPU. A jitted function partitioned over
-several devices still computes the right values, but XLA gathers a callback's inputs onto one
+(``tests/test_torch_conv.py``). The products run on the CPU. A jitted function partitioned over
+several devices still computes the right values, but XLA gathers a product's inputs onto one
 device (no data parallelism for that layer), so the experiment runner uses ``"auto"`` instead of
-``"auto_torch"`` when it splits batches over several devices (:func:`ballot_jax.experiment.build_model`). Inside a step the products run about 1.8x slower than alone
-(the longer PyTorch's threads were idle before a call, the slower it is; ``benchmarks/README.md``),
+``"auto_torch"`` when it splits batches over several devices (:func:`ballot_jax.experiment.build_model`).
+On the AVX-512 machine of the fourth session the products ran about 1.8x slower inside a step than
+alone (on the AVX2 machine of the sixth, 1.08x, paired in one process; ``benchmarks/README.md``),
 so the threshold in :func:`ballot_jax.models.conv.choose_conv_impl` was chosen on whole steps.
 """
 
@@ -30,6 +40,9 @@ import functools
 from typing import Any
 
 import jax
+import numpy as np
+
+from ballot_jax.models import torch_ffi
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 _DTYPES = ("float32", "bfloat16")
@@ -133,11 +146,25 @@ def _kernel_grad_callback(ctx, out, x, k, g, *, strides, pads):
         torch.from_dlpack(out).copy_(gk.permute(2, 3, 1, 0))
 
 
-def _call(callback, result: jax.ShapeDtypeStruct, *args: jax.Array) -> jax.Array:
+def use_ffi() -> bool:
+    """True when the products run as compiled FFI targets (:mod:`.torch_ffi`), whose executables JAX
+    caches; False when they run as Python callbacks (``BALLOT_JAX_TORCH_FFI=0``, or no C++ compiler)."""
+    return torch_ffi.ensure_registered()
+
+
+def _call(product: str, callback, result: jax.ShapeDtypeStruct, strides: tuple[int, int], pads: Pads,
+          *args: jax.Array) -> jax.Array:
+    """One product: the FFI target of ``product`` when registered, else ``callback`` by buffer_callback."""
+    _check_dtype(*args)
+    strides = tuple(int(s) for s in strides)
+    if use_ffi():
+        target = torch_ffi.TARGETS[product][0]
+        return jax.ffi.ffi_call(target, result, vmap_method="sequential")(
+            *args, strides=np.asarray(strides, np.int64), pads=np.asarray([*pads[0], *pads[1]], np.int64))
     from jax.experimental.buffer_callback import buffer_callback
 
-    _check_dtype(*args)
-    return buffer_callback(callback, result, vmap_method="sequential")(*args)
+    return buffer_callback(functools.partial(callback, strides=strides, pads=pads), result,
+                           vmap_method="sequential")(*args)
 
 
 def forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads: Pads,
@@ -145,20 +172,20 @@ def forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], pads: Pad
     """``conv(x, kernel)`` (NHWC, HWIO, explicit padding; NHWC ``out_shape``, which the caller knows)
     by ``torch.nn.functional.conv2d``."""
     result = jax.ShapeDtypeStruct(tuple(out_shape), x.dtype)
-    return _call(functools.partial(_forward_callback, strides=tuple(strides), pads=pads), result, x, kernel)
+    return _call("forward", _forward_callback, result, strides, pads, x, kernel)
 
 
 def input_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
     """Cotangent of ``x`` for the output cotangent ``g``, by torch's convolution backward."""
     result = jax.ShapeDtypeStruct(x.shape, x.dtype)
-    return _call(functools.partial(_input_grad_callback, strides=tuple(strides), pads=pads), result, x, kernel, g)
+    return _call("input_grad", _input_grad_callback, result, strides, pads, x, kernel, g)
 
 
 def kernel_grad(x: jax.Array, kernel: jax.Array, g: jax.Array, strides: tuple[int, int], pads: Pads) -> jax.Array:
     """Cotangent of ``kernel`` for the output cotangent ``g``, by torch's convolution backward (an unpadded
     1x1 kernel: one torch matmul over the strided input positions)."""
     result = jax.ShapeDtypeStruct(kernel.shape, kernel.dtype)
-    return _call(functools.partial(_kernel_grad_callback, strides=tuple(strides), pads=pads), result, x, kernel, g)
+    return _call("kernel_grad", _kernel_grad_callback, result, strides, pads, x, kernel, g)
 
 
-__all__ = ["available", "require", "forward", "input_grad", "kernel_grad"]
+__all__ = ["available", "require", "use_ffi", "forward", "input_grad", "kernel_grad"]
