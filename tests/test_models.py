@@ -440,3 +440,25 @@ def test_init_variables_equals_model_init_bit_for_bit(name: str, stem: str) -> N
     ref = {"params": ref["params"], "batch_stats": ref.get("batch_stats", {})}
     chex.assert_trees_all_equal(got, ref)
     chex.assert_trees_all_equal_dtypes(got, ref)
+
+
+def test_conv_kernel_init_is_flax_he_normal_bit_for_bit_with_one_compiled_draw() -> None:
+    """conv_kernel_init cuts a long shared draw instead of compiling one draw per shape; the weights
+    must still be exactly variance_scaling(2.0, "fan_out", "normal")'s (every seed's θ0 depends on it)."""
+    import flax.linen as nn
+
+    reference = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    conv_lib._standard_normal.clear_cache()
+    small = [(7, 7, 3, 64), (3, 3, 64, 64), (1, 1, 64, 128), (3, 3, 3, 5), (3, 1, 2, 7), (4, 9)]
+    for i, shape in enumerate(small + [(3, 3, 256, 512)]):  # the last one needs a longer draw (2**21)
+        key = jax.random.PRNGKey(i)
+        got, want = conv_lib.conv_kernel_init(key, shape), reference(key, shape, jnp.float32)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
+        if i == len(small) - 1:
+            assert conv_lib._standard_normal._cache_size() == 1  # every shape up to 2**20 weights: one draw
+    assert conv_lib._standard_normal._cache_size() == 2
+    # inside a trace (model.init under jit) the standard initialiser runs, with its own jit rounding
+    key = jax.random.PRNGKey(9)
+    traced = jax.jit(lambda k: conv_lib.conv_kernel_init(k, (3, 3, 8, 16)))(key)
+    chex.assert_trees_all_equal(traced, jax.jit(lambda k: reference(k, (3, 3, 8, 16), jnp.float32))(key))

@@ -440,7 +440,34 @@ class Conv(nn.Module):
 
 
 # He-normal with fan_out, as torchvision initialises ResNet convolutions.
-conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_MIN_DRAW = 2**20  # kernels up to this many weights share one compiled draw
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _standard_normal(key: Array, size: int, dtype: Any) -> Array:
+    return jax.random.normal(key, (size,), dtype)
+
+
+def conv_kernel_init(key: Array, shape: Sequence[int], dtype: Any = jnp.float32) -> Array:
+    """He-normal fan-out kernel: bit for bit ``variance_scaling(2.0, "fan_out", "normal")``, with far
+    fewer compilations.
+
+    The standard initialiser compiles one normal draw per kernel shape (ResNet-18: 11 shapes,
+    ≈ 4 s of a cold start). With JAX's partitionable threefry (the default) the first ``n`` draws of
+    ``normal(key, (N,))`` are ``normal(key, (n,))``, so every kernel draws from a power-of-two size of
+    at least 2**20 (one compilation for all of ResNet-18's kernels up to that size) and is cut and
+    scaled on the host with the same float32 arithmetic. Traced keys, other dtypes or PRNGs use the
+    standard initialiser."""
+    shape = tuple(int(d) for d in shape)
+    size = int(np.prod(shape))
+    if (isinstance(key, jax.core.Tracer) or np.dtype(dtype) != np.float32 or len(shape) < 2 or size == 0
+            or not jax.config.jax_threefry_partitionable or jax.config.jax_default_prng_impl != "threefry2x32"):
+        return _he_normal_fan_out(key, shape, dtype)
+    fan_out = shape[-1] * (size / shape[-2] / shape[-1])  # as jax.nn.initializers' _compute_fans
+    std = np.sqrt(np.float32(2.0 / fan_out))
+    draws = np.asarray(_standard_normal(key, max(_MIN_DRAW, 1 << (size - 1).bit_length()), np.dtype(dtype)))
+    return jnp.asarray((draws[:size] * std).reshape(shape))
 
 
 def conv_and_norm(dtype: Any, conv_impl: str, train: bool, *, use_bias: bool = False) -> tuple[Callable, Callable]:
