@@ -10,7 +10,7 @@ process only has to register the target again before it runs it.
 functions as the Python callbacks in :mod:`.torch_conv` on XLA's buffers in place. This module
 compiles it once per machine into a shared library (a C++17 compiler, ``$CXX`` or ``c++``, PyTorch's
 headers from the installed wheel and jaxlib's FFI headers), keyed by a hash of the source, the
-compiler, PyTorch's and jaxlib's versions, under ``$BALLOT_JAX_BUILD_DIR`` (default
+compiler, PyTorch's installation and version and jaxlib's version, under ``$BALLOT_JAX_BUILD_DIR`` (default
 ``~/.cache/ballot_jax``), and registers the handlers with XLA.
 
 * :func:`ensure_registered` — build (first time), load and register; ``False`` with one logged
@@ -85,8 +85,9 @@ def library_path(torch: Any, compiler: str) -> Path:
     import jaxlib  # noqa: PLC0415
 
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), torch.__version__.encode(), jaxlib.__version__.encode(),
-                 sys.platform.encode()):
+    # The torch directory too: the library links (and keeps an rpath to) that installation's libtorch.
+    for part in (SOURCE.read_bytes(), compiler.encode(), torch.__version__.encode(), torch.__file__.encode(),
+                 jaxlib.__version__.encode(), sys.platform.encode()):
         key.update(part)
         key.update(b"\0")
     return build_dir() / f"torch_conv_ffi-{key.hexdigest()[:16]}.so"
