@@ -33,6 +33,17 @@ def test_second_process_hits_the_cache_and_gives_the_same_bytes(tmp_path):
     assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()
 
 
+def _counts_in_two_processes(script: str, cache) -> list[list[int]]:
+    """[requests, hits, misses, written] of ``script`` (printing them last) run in two processes in a row."""
+    counts = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", script, str(cache)],
+                              capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        counts.append([int(v) for v in proc.stdout.split()[-4:]])
+    return counts
+
+
 _CALLBACK_SCRIPT = """
 import sys, jax, jax.numpy as jnp, numpy as np
 from ballot_jax import experiment
@@ -47,13 +58,7 @@ print(c["requests"], c["hits"], c["misses"], c["written"])
 def test_an_executable_with_a_python_callback_counts_as_a_miss_in_every_process(tmp_path):
     """JAX never writes executables that call back into Python (as conv_impl='auto_torch' steps do) to
     the cache, and its own 'cache_misses' event does not count them: cache_counts() must."""
-    counts = []
-    for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", _CALLBACK_SCRIPT, str(tmp_path / "cache")],
-                              capture_output=True, text=True, timeout=300, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        counts.append([int(v) for v in proc.stdout.split()[-4:]])
-    first, second = counts
+    first, second = _counts_in_two_processes(_CALLBACK_SCRIPT, tmp_path / "cache")
     assert first[2] >= 1 and first[2] == first[0] - first[1]
     assert second[2] >= 1 and second[1] == first[3]  # the callback's executable is missed again; the rest hit
 
@@ -81,12 +86,6 @@ def test_pytorch_convolutions_as_ffi_targets_are_cached_across_processes(tmp_pat
 
     if not torch_conv.use_ffi():
         pytest.skip("the FFI handlers cannot be built here (see the logged warning)")
-    counts = []
-    for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", _TORCH_SCRIPT, str(tmp_path / "cache")],
-                              capture_output=True, text=True, timeout=300, cwd=REPO)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        counts.append([int(v) for v in proc.stdout.split()[-4:]])
-    first, second = counts
+    first, second = _counts_in_two_processes(_TORCH_SCRIPT, tmp_path / "cache")
     assert first[3] == first[2] >= 1  # every miss written, the step with PyTorch's products included
     assert second[2] == 0 and second[1] == second[0] == first[0]

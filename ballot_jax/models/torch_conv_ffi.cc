@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <exception>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -78,17 +79,25 @@ ffi::Error ForwardImpl(ffi::AnyBuffer x, ffi::AnyBuffer k, ffi::Result<ffi::AnyB
   });
 }
 
+// ATen's convolution backward for one of the two gradients: (input gradient, kernel gradient),
+// the other undefined. The input gradient is of the padded input when the padding is asymmetric.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> Backward(const ffi::AnyBuffer& x, const ffi::AnyBuffer& k,
+                                                        const ffi::AnyBuffer& g, at::ScalarType st,
+                                                        ffi::Span<const int64_t> strides,
+                                                        ffi::Span<const int64_t> pads, bool input_grad) {
+  Padded xp = Pad(Nchw(Wrap(x, st)), pads);
+  std::vector<int64_t> s(strides.begin(), strides.end());
+  return at::convolution_backward(Nchw(Wrap(g, st)), xp.x, Oihw(Wrap(k, st)), c10::nullopt, s, xp.pad, {1, 1},
+                                  false, {0, 0}, 1, {input_grad, !input_grad, false});
+}
+
 ffi::Error InputGradImpl(ffi::AnyBuffer x, ffi::AnyBuffer k, ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> out,
                          ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads) {
   at::ScalarType st;
   if (!ToScalarType(x.element_type(), &st)) return BadType();
   return Guarded([&] {
-    Padded xp = Pad(Nchw(Wrap(x, st)), pads);
-    std::vector<int64_t> s(strides.begin(), strides.end());
-    auto r = at::convolution_backward(Nchw(Wrap(g, st)), xp.x, Oihw(Wrap(k, st)), c10::nullopt, s, xp.pad,
-                                      {1, 1}, false, {0, 0}, 1, {true, false, false});
-    at::Tensor gx = std::get<0>(r);
-    if (pads[0] != pads[1] || pads[2] != pads[3])
+    at::Tensor gx = std::get<0>(Backward(x, k, g, st, strides, pads, true));
+    if (pads[0] != pads[1] || pads[2] != pads[3])  // the input was padded first: crop back
       gx = gx.slice(2, pads[0], gx.size(2) - pads[1]).slice(3, pads[2], gx.size(3) - pads[3]);
     WrapOut(out, st).copy_(gx.permute({0, 2, 3, 1}));
   });
@@ -99,20 +108,29 @@ ffi::Error KernelGradImpl(ffi::AnyBuffer x, ffi::AnyBuffer k, ffi::AnyBuffer g, 
   at::ScalarType st;
   if (!ToScalarType(x.element_type(), &st)) return BadType();
   return Guarded([&] {
-    at::Tensor kt = Wrap(k, st);
-    int64_t cin = kt.size(2), cout = kt.size(3);
+    auto d = k.dimensions();
+    int64_t cin = d[2], cout = d[3];
     bool unpadded = pads[0] == 0 && pads[1] == 0 && pads[2] == 0 && pads[3] == 0;
-    if (kt.size(0) == 1 && kt.size(1) == 1 && unpadded) {
+    if (d[0] == 1 && d[1] == 1 && unpadded) {
+      // One matmul over the strided input positions (also a workaround: PyTorch 2.13's channels-last
+      // kernel gradient of 1x1 stride-2 convolutions was intermittently wrong on an AVX2 CPU).
       at::Tensor xs = Wrap(x, st).slice(1, 0, c10::nullopt, strides[0]).slice(2, 0, c10::nullopt, strides[1]).reshape({-1, cin});
       WrapOut(out, st).view({cin, cout}).copy_(at::mm(xs.t(), Wrap(g, st).reshape({-1, cout})));
       return;
     }
-    Padded xp = Pad(Nchw(Wrap(x, st)), pads);
-    std::vector<int64_t> s(strides.begin(), strides.end());
-    auto r = at::convolution_backward(Nchw(Wrap(g, st)), xp.x, Oihw(kt), c10::nullopt, s, xp.pad,
-                                      {1, 1}, false, {0, 0}, 1, {false, true, false});
-    WrapOut(out, st).copy_(std::get<1>(r).permute({2, 3, 1, 0}));
+    WrapOut(out, st).copy_(std::get<1>(Backward(x, k, g, st, strides, pads, false)).permute({2, 3, 1, 0}));
   });
+}
+
+// (input, kernel, cotangent) -> result, with the strides and pads attributes.
+auto BindBackward() {
+  return ffi::Ffi::Bind()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Arg<ffi::AnyBuffer>()
+      .Ret<ffi::AnyBuffer>()
+      .Attr<ffi::Span<const int64_t>>("strides")
+      .Attr<ffi::Span<const int64_t>>("pads");
 }
 
 }  // namespace
@@ -124,21 +142,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BallotTorchConvForward, ForwardImpl,
                                   .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("pads"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BallotTorchConvInputGrad, InputGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("pads"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BallotTorchConvKernelGrad, KernelGradImpl,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("pads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BallotTorchConvInputGrad, InputGradImpl, BindBackward());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BallotTorchConvKernelGrad, KernelGradImpl, BindBackward());
