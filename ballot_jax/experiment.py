@@ -294,8 +294,9 @@ def use_compilation_cache(directory: str) -> str | None:
 
     Every compiled computation is cached, however fast it compiled, so a rerun, a resumed run or
     the next process compiles nothing it compiled before — except executables that call back into
-    Python (``conv_impl="auto_torch"``), which JAX never writes to the cache. Call it before the
-    first compilation of the process (the scripts do). Hits and misses (:func:`cache_counts`) are
+    Python, which JAX never writes to the cache (``conv_impl="auto_torch"`` only when its C++ handlers
+    cannot be built, see :mod:`ballot_jax.models.torch_ffi`). Call it before the first compilation
+    of the process (the scripts do). Hits and misses (:func:`cache_counts`) are
     written to ``timings.json``. Returns the directory used.
     """
     if not directory:
@@ -318,8 +319,9 @@ def cache_counts() -> dict[str, Any]:
     ``written`` entries, plus JAX's raw ``events``.
 
     JAX's own ``cache_misses`` event counts entries *written*, not misses: an executable JAX never
-    writes — one that calls back into Python, as every step under ``conv_impl="auto_torch"`` does —
-    is compiled again by every process without appearing there, so misses are derived here.
+    writes — one that calls back into Python, as the ``conv_impl="auto_torch"`` steps do when its
+    C++ handlers cannot be built — is compiled again by every process without appearing there, so
+    misses are derived here.
     """
     events = {k: v for k, v in CACHE_EVENTS.items() if not k.startswith("_")}
     requests, hits = events.get("compile_requests_use_cache", 0), events.get("cache_hits", 0)

@@ -103,7 +103,7 @@ def build(torch: Any) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("compiling the PyTorch convolution handlers for XLA once (about 10-30 s) into %s", path)
+    log.info("compiling the PyTorch convolution handlers for XLA once (about 10-20 s) into %s", path)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
