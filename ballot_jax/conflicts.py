@@ -62,8 +62,11 @@ SCORES = ("abs", "signed")
 
 def group_weights(per_group_accuracy: Any, floor: float = 0.05) -> jax.Array:
     """Fairness weights w_g = 1 / max(acc_g, floor) (floats, never truncated to integers)."""
-    acc = jnp.asarray(per_group_accuracy, jnp.float32)
-    return 1.0 / jnp.maximum(acc, floor)
+    if isinstance(per_group_accuracy, jax.core.Tracer):
+        return 1.0 / jnp.maximum(jnp.asarray(per_group_accuracy, jnp.float32), floor)
+    # on the host (the per-group accuracies are host floats): the same IEEE float32 arithmetic
+    acc = np.asarray(per_group_accuracy, np.float32)
+    return jnp.asarray(np.float32(1.0) / np.maximum(acc, np.float32(floor)))
 
 
 def _example_losses_fn(apply_fn, batch_stats, batch, train_mode: bool):
@@ -408,7 +411,9 @@ def _tally(winners: masks.Mask, votes: PyTree, score_sum: PyTree, s: PyTree) -> 
 
 def mask_from_votes(votes: PyTree, score_sum: PyTree, quotas: PyTree) -> masks.Mask:
     """Keeps the k_l weights with most votes per layer; ties broken by summed score, then position."""
-    return masks.topk_per_layer(_as_float32(votes), quotas, score_sum)
+    if not masks.is_concrete(*jax.tree.leaves(votes)):  # the host path reads the int32 counts exactly
+        votes = _as_float32(votes)
+    return masks.topk_per_layer(votes, quotas, score_sum)
 
 
 @jax.jit

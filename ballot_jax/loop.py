@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -182,7 +181,7 @@ def train_epoch(
         ts, metrics = out[0], out[1]
         total = train.sum_metrics(total, metrics)
         if len(out) > 2:
-            extra_total = out[2] if extra_total is None else jax.tree.map(jnp.add, extra_total, out[2])
+            extra_total = out[2] if extra_total is None else train.add_trees(extra_total, out[2])
         if every and on_every is not None and (i + 1) % every == 0 and extra_total is not None:
             on_every(ts, extra_total)
             extra_total = None
@@ -258,8 +257,10 @@ def fresh_train_state(ctx: Context, params: PyTree, batch_stats: PyTree, mask: m
 
 def initial_state(ctx: Context, variables: Mapping[str, PyTree], extras: PyTree = None, votes: PyTree = None) -> RunState:
     """A run state at θ0 = ``variables`` with an all-kept mask; θ0 is also the rewind point."""
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
+    # Placed first, as every later state is: fresh from init they are uncommitted, and the state
+    # and copy helpers would compile once more for the first (uncommitted) call.
+    params = ctx.replicate(variables["params"])
+    batch_stats = ctx.replicate(variables.get("batch_stats", {}))
     mask = masks.init_mask(params, ctx.is_prunable)
     return ctx.replicate(RunState(
         train=fresh_train_state(ctx, params, batch_stats, mask),

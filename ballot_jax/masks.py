@@ -73,8 +73,8 @@ def init_mask(params: PyTree, is_prunable: PathFilter | None = None) -> Mask:
     """An all-kept mask: ``True`` arrays on prunable leaves, ``None`` elsewhere."""
     is_prunable = is_prunable or prunable_filter()
     return jax.tree_util.tree_map_with_path(
-        # built on the host and transferred: no per-shape compilation of an eager jnp.ones
-        lambda p, x: jnp.asarray(np.ones(np.shape(x), np.bool_)) if is_prunable(_keys(p), x) else None,
+        # built on the host and placed like the params: no per-shape compilation of an eager jnp.ones
+        lambda p, x: _placed_like(np.ones(np.shape(x), np.bool_), x) if is_prunable(_keys(p), x) else None,
         params,
     )
 
@@ -234,7 +234,7 @@ def _keep_top_host(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = Non
     return keep
 
 
-def _is_concrete(*xs: Any) -> bool:
+def is_concrete(*xs: Any) -> bool:
     """Every ``x`` is a host value or a jax.Array this process can read (not a tracer, not spread
     over other processes)."""
     return all(not isinstance(x, jax.core.Tracer) and getattr(x, "is_fully_addressable", True) for x in xs)
@@ -249,7 +249,7 @@ def _keep_top(scores: jnp.ndarray, k: jnp.ndarray, tiebreak: jnp.ndarray | None 
     for 11M values, where XLA:CPU's stable sort takes 4 s);
     traced ones by a stable sort; both give the same mask (``tests/test_masks.py``).
     """
-    if _is_concrete(scores, k, tiebreak):
+    if is_concrete(scores, k, tiebreak):
         t = None if tiebreak is None else np.asarray(tiebreak)
         return _placed_like(_keep_top_host(np.asarray(scores), int(k), t), scores)
     return _keep_top_traced(scores, k, tiebreak)
@@ -263,11 +263,13 @@ def topk_global(scores: PyTree, mask: Mask, k: int | jnp.ndarray) -> Mask:
     ``-inf`` scores there to keep pruned weights pruned. Jittable; ``k`` may be traced.
     """
     leaves = prunable_leaves(scores, mask)
-    if _is_concrete(k, *leaves):  # on the host: no eager XLA concatenate, sort and slices
+    if is_concrete(k, *leaves):  # on the host: no eager XLA concatenate, sort and slices
         flat = np.concatenate([np.ravel(np.asarray(x, np.float32)) for x in leaves])
         keep_host = _keep_top_host(flat, int(k))
         sizes = np.cumsum([np.size(x) for x in leaves])[:-1]
-        out = [_placed_like(part.reshape(np.shape(x)), x) for part, x in zip(np.split(keep_host, sizes), leaves)]
+        # placed like the mask it refines (scores may be host arrays)
+        out = [_placed_like(part.reshape(np.shape(x)), m)
+               for part, x, m in zip(np.split(keep_host, sizes), leaves, prunable_leaves(mask, mask))]
         return _unflatten_prunable(mask, out)
     flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
     keep = _keep_top(flat, jnp.asarray(k))
@@ -285,7 +287,7 @@ def topk_per_layer(scores: PyTree, quotas: PyTree, tiebreak: PyTree | None = Non
     prunable). Ties are broken by the optional ``tiebreak`` tree (larger wins), then by
     position. Jittable; quotas may be traced.
     """
-    if _is_concrete(*jax.tree.leaves((scores, quotas, tiebreak))):  # on the host, leaf by leaf
+    if is_concrete(*jax.tree.leaves((scores, quotas, tiebreak))):  # on the host, leaf by leaf
         def host(q, s, t=None):
             if q is None:
                 return None
@@ -329,6 +331,10 @@ def global_magnitude_mask(params: PyTree, mask: Mask, density: float) -> Mask:
     """
     total = count(mask)["total"]
     k = int(round(density * total))
+    if is_concrete(*jax.tree.leaves((params, mask))):  # |w| on the host: exact, nothing to compile
+        scores = map_prunable(lambda m, p: np.where(np.asarray(m), np.abs(np.asarray(p)), np.float32(-np.inf)),
+                              mask, params)
+        return topk_global(scores, mask, k)
     return topk_global(magnitude_scores(params, mask), mask, k)
 
 

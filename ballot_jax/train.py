@@ -288,9 +288,18 @@ def evaluate_counts(
 
 def sum_metrics(total: dict[str, jax.Array] | None, new: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Adds step metrics on device (no host sync); ``first_*`` entries keep their minimum."""
-    if total is None:
-        return new
+    return new if total is None else _sum_metrics(total, new)
+
+
+@jax.jit
+def _sum_metrics(total: dict[str, jax.Array], new: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: (jnp.minimum if k.startswith("first_") else jnp.add)(total[k], new[k]) for k in new}
+
+
+@jax.jit
+def add_trees(a: PyTree, b: PyTree) -> PyTree:
+    """``a + b`` leaf by leaf, one compiled call per tree structure (not one eager add per leaf)."""
+    return jax.tree.map(jnp.add, a, b)
 
 
 def summarize(total: Mapping[str, jax.Array]) -> dict[str, float]:

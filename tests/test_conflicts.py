@@ -96,6 +96,30 @@ def test_group_weights_use_float_accuracy_with_floor():
     np.testing.assert_allclose(np.asarray(w), [2.0, 4.0, 20.0])
 
 
+def test_group_weights_on_the_host_are_the_compiled_ones_bit_for_bit():
+    acc = np.random.default_rng(1).uniform(0, 1, 64).astype(np.float32)
+    acc[:4] = [0.0, 0.05, 1.0, 0.049999]
+    for floor in (0.05, 0.1, 1e-3):
+        host = np.asarray(conflicts.group_weights(acc.tolist(), floor))
+        traced = np.asarray(jax.jit(conflicts.group_weights, static_argnums=1)(acc, floor))
+        assert host.dtype == np.float32
+        np.testing.assert_array_equal(host.view(np.uint32), traced.view(np.uint32))
+
+
+def test_mask_from_int_votes_on_the_host_is_the_compiled_one():
+    """Concrete int32 votes are read on the host as they are; traced ones are cast to float32 for the
+    sort. Few distinct vote counts, so the summed-score tiebreak and then position decide often."""
+    rng = np.random.default_rng(2)
+    shapes = {"a": (5, 8), "b": (3, 3, 4, 6)}
+    votes = {k: {"kernel": jnp.asarray(rng.integers(0, 4, s).astype(np.int32))} for k, s in shapes.items()}
+    score_sum = {k: {"kernel": jnp.asarray(rng.integers(0, 3, s).astype(np.float32))} for k, s in shapes.items()}
+    quotas = {"a": {"kernel": 13}, "b": {"kernel": 50}}
+    host = conflicts.mask_from_votes(votes, score_sum, quotas)
+    traced = jax.jit(conflicts.mask_from_votes)(votes, score_sum, quotas)
+    assert masks.masks_equal(host, traced)
+    assert [int(np.sum(host[k]["kernel"])) for k in shapes] == [13, 50]
+
+
 def test_unknown_score_lists_valid():
     a = {"k": {"kernel": jnp.ones((2, 2))}}
     with pytest.raises(ValueError, match="abs"):

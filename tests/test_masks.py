@@ -192,9 +192,27 @@ def test_host_built_trees_are_placed_like_their_inputs():
     for tree, committed in ((loose, False), (pinned, True)):
         m = masks.init_mask(tree)
         outs = [masks.topk_global(tree, m, 2), masks.topk_per_layer(tree, {"a": {"kernel": 2}}),
-                masks.full_like_mask(m, tree, 0, np.int32)]
+                masks.full_like_mask(m, tree, 0, np.int32), m, masks.global_magnitude_mask(tree, m, 0.5)]
         for out in outs:
             leaf = out["a"]["kernel"]
             assert leaf.committed is committed
     np.testing.assert_array_equal(np.asarray(masks.full_like_mask(m, pinned, 7, np.int32)["a"]["kernel"]),
                                   np.full((2, 3), 7, np.int32))
+
+
+def test_magnitude_mask_on_the_host_is_the_compiled_one():
+    """Concrete params take |w| on the host (nothing compiled) instead of the jitted scores. Same
+    mask (and the same as the traced sort), with ties, -0.0, weights already pruned and a second round that must keep them pruned."""
+    rng = np.random.default_rng(0)
+    params = {"a": {"kernel": jnp.asarray(rng.integers(-3, 4, (6, 7)).astype(np.float32))},
+              "b": {"kernel": jnp.asarray(np.array([[-0.0, 0.0, 1.0], [-1.0, 2.0, -2.0]], np.float32))},
+              "c": {"bias": jnp.ones((3,))}}
+    first = masks.global_magnitude_mask(params, masks.init_mask(params), 0.6)
+    for mask, density in ((masks.init_mask(params), 0.6), (first, 0.3)):
+        host = masks.global_magnitude_mask(params, mask, density)
+        k = int(round(density * masks.count(mask)["total"]))
+        compiled = masks.topk_global(masks.magnitude_scores(params, mask), mask, k)
+        traced = jax.jit(lambda p, m: masks.topk_global(masks.magnitude_scores(p, m), m, k))(params, mask)
+        assert masks.masks_equal(host, compiled) and masks.masks_equal(host, traced)
+        assert masks.count(host)["kept"] == int(round(density * masks.count(mask)["total"]))
+        assert not np.any(np.asarray(host["a"]["kernel"]) & ~np.asarray(mask["a"]["kernel"]))

@@ -137,3 +137,20 @@ def test_unknown_method_and_model_names_list_the_valid_ones():
         methods.get("ballots")
     with pytest.raises(ValueError, match="resnet18"):
         models.create("resnet19", num_classes=2)
+
+
+def test_a_fresh_state_and_a_rewound_one_share_one_compiled_state_builder():
+    """θ0 fresh from ``init`` is uncommitted; every later state is placed. ``initial_state`` places
+    θ0 first, so building the first state and rewinding to a ticket compile the builder once (it
+    compiled twice, once per placement, before)."""
+    ctx, variables = _ctx()
+    variables = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), variables)  # as init returns them
+    assert not any(x.committed for x in jax.tree.leaves(variables))
+    before = train._create_train_state._cache_size()
+    state = loop.initial_state(ctx, variables)
+    after_fresh = train._create_train_state._cache_size()
+    mask = masks.global_magnitude_mask(state.train.params, state.train.mask, 0.5)
+    common.rewind_to(ctx, state, mask)
+    assert after_fresh - before <= 1
+    assert train._create_train_state._cache_size() == after_fresh
+    assert all(x.committed for x in jax.tree.leaves((state.train, state.rewind_params, mask)))

@@ -149,7 +149,7 @@ def _group_cosines(ctx: loop.Context, state: loop.RunState, n_batches: int) -> l
         if i >= n_batches:
             break
         g = fn(ts.params, ts.batch_stats, ts.mask, batch, num_groups=G)
-        total = g if total is None else jax.tree.map(jnp.add, total, g)
+        total = g if total is None else train.add_trees(total, g)
     return None if total is None else conflicts.group_cosine_matrix(total, ts.mask)
 
 
