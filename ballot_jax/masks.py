@@ -92,8 +92,8 @@ def map_prunable(fn: Callable[..., Any], mask: Mask, *trees: PyTree) -> PyTree:
 def _placed_like(host: np.ndarray, x: Any) -> jax.Array:
     """``host`` placed as an eager op on ``x`` would have placed its result: committed to ``x``'s
     devices and sharding if ``x`` is, else on the default device, uncommitted (a state mixing the
-    two would compile the steps once per mix)."""
-    if getattr(x, "committed", False):
+    two would compile the steps once per mix). Under a trace (``x`` a tracer) it is a constant."""
+    if not isinstance(x, jax.core.Tracer) and getattr(x, "committed", False):
         return jax.device_put(host, x.sharding)
     return jnp.asarray(host)
 

@@ -216,3 +216,10 @@ def test_magnitude_mask_on_the_host_is_the_compiled_one():
         assert masks.masks_equal(host, compiled) and masks.masks_equal(host, traced)
         assert masks.count(host)["kept"] == int(round(density * masks.count(mask)["total"]))
         assert not np.any(np.asarray(host["a"]["kernel"]) & ~np.asarray(mask["a"]["kernel"]))
+
+
+def test_init_mask_works_under_a_trace():
+    """Under ``jit`` (a model initialised inside a step) the all-kept mask is a constant, not placed."""
+    params = {"a": {"kernel": jnp.ones((2, 3))}, "b": {"bias": jnp.ones((3,))}}
+    m = jax.jit(lambda p: masks.init_mask(p))(params)
+    assert m["b"]["bias"] is None and bool(np.all(np.asarray(m["a"]["kernel"])))
