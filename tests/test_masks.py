@@ -202,7 +202,8 @@ def test_host_built_trees_are_placed_like_their_inputs():
 
 def test_magnitude_mask_on_the_host_is_the_compiled_one():
     """Concrete params take |w| on the host (nothing compiled) instead of the jitted scores. Same
-    mask (and the same as the traced sort), with ties, -0.0, weights already pruned and a second round that must keep them pruned."""
+    mask (and the same as the traced sort), with ties, -0.0, weights already pruned and a second
+    round that must keep them pruned."""
     rng = np.random.default_rng(0)
     params = {"a": {"kernel": jnp.asarray(rng.integers(-3, 4, (6, 7)).astype(np.float32))},
               "b": {"kernel": jnp.asarray(np.array([[-0.0, 0.0, 1.0], [-1.0, 2.0, -2.0]], np.float32))},
