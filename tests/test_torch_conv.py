@@ -187,6 +187,11 @@ def test_choose_rule_with_torch() -> None:
     assert choose((big, big), (3, 3), (2, 2), 64, 128, platform="cpu", torch=True) == \
         choose((big, big), (3, 3), (2, 2), 64, 128, platform="cpu")
     assert choose((2, 2), (3, 3), (1, 1), 512, 512, platform="cpu", torch=True) == "patches"
+    # a small map with enough output rows (batch x positions) goes to PyTorch as well
+    rows = conv_lib.TORCH_MIN_OUTPUT_ROWS
+    assert choose((4, 4), (3, 3), (1, 1), 256, 256, platform="cpu", torch=True, batch=rows // 16) == "torch"
+    assert choose((4, 4), (3, 3), (1, 1), 256, 256, platform="cpu", torch=True, batch=rows // 16 - 1) == "patches"
+    assert choose((4, 4), (3, 3), (1, 1), 256, 256, platform="cpu", batch=rows) == "patches"  # not without torch
     assert choose((64, 64), (3, 3), (1, 1), 64, 64, platform="gpu", torch=True) == "xla"
 
 

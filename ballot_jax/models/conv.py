@@ -23,7 +23,8 @@ This module offers:
   - ``"auto"``: ``"xla"`` on GPU/TPU; on CPU a per-shape rule
     (:func:`choose_conv_impl`) picks ``"patches"``, ``"xla"`` or ``"hybrid"``;
   - ``"auto_torch"``: like ``"auto"``, but on CPU the convolutions with large
-    outputs (side >= :data:`TORCH_MIN_OUTPUT_SIDE`) use ``"torch"``.
+    outputs (side >= :data:`TORCH_MIN_OUTPUT_SIDE`, or at least
+    :data:`TORCH_MIN_OUTPUT_ROWS` batch x output positions) use ``"torch"``.
 
   All lowerings compute the same function (and gradients) up to float
   rounding.
@@ -57,6 +58,9 @@ SMALL_SPATIAL = 4
 LARGE_KERNEL_AREA = 25
 # Output side from which "auto_torch" hands a convolution to PyTorch (measured, see choose_conv_impl).
 TORCH_MIN_OUTPUT_SIDE = 8
+# Output rows (batch x output positions) from which "auto_torch" hands a smaller map to PyTorch too
+# (measured, see choose_conv_impl).
+TORCH_MIN_OUTPUT_ROWS = 4096
 
 PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 Array = jax.Array
@@ -337,6 +341,7 @@ def choose_conv_impl(
     cout: int,
     platform: str | None = None,
     torch: bool = False,
+    batch: int | None = None,
 ) -> str:
     """Pick the lowering (a plan name of :data:`PLANS`) for a convolution shape.
 
@@ -344,8 +349,14 @@ def choose_conv_impl(
     convolution whose output side is ``>= TORCH_MIN_OUTPUT_SIDE`` (8) uses ``"torch"`` (PyTorch's
     oneDNN direct convolutions): the reference ResNet-18 step (64x64, batch 32) took 180-195 ms with
     8 against 225-237 ms under ``"auto"``, 185-199 ms with 16, 210-217 ms with 32 (stem only) and
-    202-203 ms with 4 (oneDNN is slower than im2col on 4x4 and 2x2 maps); medians of 4x5 steps in
-    separate processes, alternated over 3-5 rounds, load 1.5-1.9. On CPU the rest of the rule was
+    202-203 ms with 4 (oneDNN is slower than im2col on 4x4 and 2x2 maps at batch 32); medians of 4x5
+    steps in separate processes, alternated over 3-5 rounds, load 1.5-1.9. So does a smaller map
+    when ``batch`` x output positions is ``>= TORCH_MIN_OUTPUT_ROWS`` (4096): the evaluation and
+    vote passes of that model at batch 256 (4x4 maps: 4096 rows; 2x2: 1024) ran in 0.93x and 0.86x
+    the time with 4096 as with the rule without it, while 1024 (2x2 maps to PyTorch too) gave
+    0.95x and 1.02x; both steps also compile faster (with tracing: 1.71 -> 1.21 s and 4.05 -> 3.03 s;
+    one process, alternated over 8 rounds, 2-core AMD EPYC with AVX2, load 1.0-1.3;
+    ``benchmarks/README.md``). On CPU the rest of the rule was
     chosen by timing the reference
     ResNet-18's whole train step (64x64, batch 32, jax 0.10.2, 2-core AMD EPYC with AVX-512) under
     rival rules side by side, and per convolution product with ``benchmarks/conv_lowerings.py``
@@ -366,8 +377,10 @@ def choose_conv_impl(
         platform = jax.default_backend()
     if platform != "cpu":
         return "xla"
-    if torch and min(-(-n // s) for n, s in zip(in_hw, strides)) >= TORCH_MIN_OUTPUT_SIDE:
-        return "torch"
+    if torch:
+        out_hw = [-(-n // s) for n, s in zip(in_hw, strides)]
+        if min(out_hw) >= TORCH_MIN_OUTPUT_SIDE or (batch or 0) * out_hw[0] * out_hw[1] >= TORCH_MIN_OUTPUT_ROWS:
+            return "torch"
     del cin, cout
     if min(in_hw) <= SMALL_SPATIAL:
         return "patches"
@@ -427,7 +440,8 @@ class Conv(nn.Module):
         pads = normalize_padding(self.padding, x.shape[1:3], ks, st)
         impl = self.impl
         if impl in AUTO_IMPLS:
-            impl = choose_conv_impl(x.shape[1:3], ks, st, cin, self.features, torch=impl == "auto_torch")
+            impl = choose_conv_impl(x.shape[1:3], ks, st, cin, self.features, torch=impl == "auto_torch",
+                                    batch=x.shape[0])
         y = apply_plan(x, kernel, st, pads, self.precision, impl)
         if bias is not None:
             y = y + bias
