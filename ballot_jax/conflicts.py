@@ -398,7 +398,23 @@ register_criterion(Criterion("prototype", prototype_scores,
 def cast_votes(votes: PyTree, score_sum: PyTree, s: PyTree, quotas: PyTree) -> tuple[PyTree, PyTree]:
     """One vote round: each layer l votes for its top k_l scores; counts and score sums grow."""
     winners = masks.topk_per_layer(s, quotas)
+    if masks.is_concrete(*jax.tree.leaves((winners, votes, score_sum, s))):  # exact on the host too
+        return _tally_host(winners, votes, score_sum, s)
     return _tally(winners, votes, score_sum, s)
+
+
+def _tally_host(winners: masks.Mask, votes: PyTree, score_sum: PyTree, s: PyTree) -> tuple[PyTree, PyTree]:
+    """:func:`_tally` on the host (an integer and a float32 add per element: the same bits), each
+    result placed like its running total; a vote round no longer compiles a function per tree."""
+    def count(w, v):
+        v_host = np.asarray(v)
+        return masks.placed_like(v_host + np.asarray(w).astype(v_host.dtype), v)
+
+    def add(w, t, x):
+        t_host = np.asarray(t)
+        return masks.placed_like(t_host + np.asarray(x, t_host.dtype), t)
+
+    return masks.map_prunable(count, winners, votes), masks.map_prunable(add, winners, score_sum, s)
 
 
 @jax.jit

@@ -74,7 +74,7 @@ def init_mask(params: PyTree, is_prunable: PathFilter | None = None) -> Mask:
     is_prunable = is_prunable or prunable_filter()
     return jax.tree_util.tree_map_with_path(
         # built on the host and placed like the params: no per-shape compilation of an eager jnp.ones
-        lambda p, x: _placed_like(np.ones(np.shape(x), np.bool_), x) if is_prunable(_keys(p), x) else None,
+        lambda p, x: placed_like(np.ones(np.shape(x), np.bool_), x) if is_prunable(_keys(p), x) else None,
         params,
     )
 
@@ -89,7 +89,7 @@ def map_prunable(fn: Callable[..., Any], mask: Mask, *trees: PyTree) -> PyTree:
     )
 
 
-def _placed_like(host: np.ndarray, x: Any) -> jax.Array:
+def placed_like(host: np.ndarray, x: Any) -> jax.Array:
     """``host`` placed as an eager op on ``x`` would have placed its result: committed to ``x``'s
     devices and sharding if ``x`` is, else on the default device, uncommitted (a state mixing the
     two would compile the steps once per mix). Under a trace (``x`` a tracer) it is a constant."""
@@ -108,15 +108,31 @@ def full_like_mask(mask: Mask, like: PyTree, value: Any, dtype: Any) -> PyTree:
     def one(m: Any, x: Any) -> Any:
         if isinstance(x, jax.core.Tracer):
             return jnp.full(jnp.shape(x), value, dtype)
-        return _placed_like(np.full(np.shape(x), value, dtype), x)
+        return placed_like(np.full(np.shape(x), value, dtype), x)
 
     return map_prunable(one, mask, like)
 
 
-@jax.jit
 def apply_mask(params: PyTree, mask: Mask) -> PyTree:
-    """Zeroes the pruned weights: ``p * m`` on prunable leaves, other leaves unchanged (one compiled
-    function per tree, also when called eagerly)."""
+    """Zeroes the pruned weights: ``p * m`` on prunable leaves, other leaves unchanged.
+
+    Inside a trace it is one nested compiled function for the whole tree; called on concrete
+    arrays (a stage's new mask) it selects on the host, placing each result like its param, the
+    same values without a compilation per tree structure (a select is exact either way).
+    """
+    if is_concrete(*jax.tree.leaves((params, mask))):
+        def host(m: Any, p: Any) -> Any:
+            if m is None:
+                return p
+            w = np.asarray(p)
+            return placed_like(np.where(np.asarray(m), w, np.zeros((), w.dtype)), p)
+
+        return jax.tree.map(host, mask, params, is_leaf=_is_none)
+    return _apply_mask_compiled(params, mask)
+
+
+@jax.jit
+def _apply_mask_compiled(params: PyTree, mask: Mask) -> PyTree:
     return jax.tree.map(
         lambda m, p: p if m is None else jnp.where(m, p, jnp.zeros_like(p)),
         mask,
@@ -251,7 +267,7 @@ def _keep_top(scores: jnp.ndarray, k: jnp.ndarray, tiebreak: jnp.ndarray | None 
     """
     if is_concrete(scores, k, tiebreak):
         t = None if tiebreak is None else np.asarray(tiebreak)
-        return _placed_like(_keep_top_host(np.asarray(scores), int(k), t), scores)
+        return placed_like(_keep_top_host(np.asarray(scores), int(k), t), scores)
     return _keep_top_traced(scores, k, tiebreak)
 
 
@@ -268,7 +284,7 @@ def topk_global(scores: PyTree, mask: Mask, k: int | jnp.ndarray) -> Mask:
         keep_host = _keep_top_host(flat, int(k))
         sizes = np.cumsum([np.size(x) for x in leaves])[:-1]
         # placed like the mask it refines (scores may be host arrays)
-        out = [_placed_like(part.reshape(np.shape(x)), m)
+        out = [placed_like(part.reshape(np.shape(x)), m)
                for part, x, m in zip(np.split(keep_host, sizes), leaves, prunable_leaves(mask, mask))]
         return _unflatten_prunable(mask, out)
     flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
@@ -292,7 +308,7 @@ def topk_per_layer(scores: PyTree, quotas: PyTree, tiebreak: PyTree | None = Non
             if q is None:
                 return None
             t = None if t is None else np.ravel(np.asarray(t))
-            return _placed_like(_keep_top_host(np.ravel(np.asarray(s)), int(q), t).reshape(np.shape(s)), s)
+            return placed_like(_keep_top_host(np.ravel(np.asarray(s)), int(q), t).reshape(np.shape(s)), s)
 
         trees = (quotas, scores) if tiebreak is None else (quotas, scores, tiebreak)
         return jax.tree.map(host, *trees, is_leaf=_is_none)

@@ -120,6 +120,26 @@ def test_mask_from_int_votes_on_the_host_is_the_compiled_one():
     assert [int(np.sum(host[k]["kernel"])) for k in shapes] == [13, 50]
 
 
+def test_vote_tally_on_the_host_is_the_compiled_one_bit_for_bit():
+    """A round's counts and score sums are added on the host for concrete trees: the same int32
+    counts and float32 sums as the jitted tally (float32 adds of values whose sum rounds), placed like
+    the running totals."""
+    rng = np.random.default_rng(3)
+    shapes = {"a": (5, 8), "b": (3, 3, 4, 6)}
+    votes = jax.device_put({k: {"kernel": jnp.asarray(rng.integers(0, 4, s).astype(np.int32))} for k, s in shapes.items()},
+                           jax.devices()[0])
+    score_sum = {k: {"kernel": jnp.asarray(rng.standard_normal(s).astype(np.float32) * 1e3)} for k, s in shapes.items()}
+    s = {k: {"kernel": jnp.asarray(rng.standard_normal(s).astype(np.float32) / 7)} for k, s in shapes.items()}
+    quotas = {"a": {"kernel": 13}, "b": {"kernel": 50}}
+    host = conflicts.cast_votes(votes, score_sum, s, quotas)
+    traced = jax.jit(conflicts.cast_votes)(votes, score_sum, s, quotas)
+    for h, t in zip(jax.tree.leaves(host), jax.tree.leaves(traced)):
+        assert h.dtype == t.dtype and np.asarray(h).tobytes() == np.asarray(t).tobytes()
+    assert all(v.committed for v in jax.tree.leaves(host[0]))
+    assert int(sum(np.sum(np.asarray(v)) for v in jax.tree.leaves(host[0]))) == \
+        int(sum(np.sum(np.asarray(v)) for v in jax.tree.leaves(votes))) + 13 + 50
+
+
 def test_unknown_score_lists_valid():
     a = {"k": {"kernel": jnp.ones((2, 2))}}
     with pytest.raises(ValueError, match="abs"):

@@ -200,6 +200,26 @@ def test_host_built_trees_are_placed_like_their_inputs():
                                   np.full((2, 3), 7, np.int32))
 
 
+def test_apply_mask_on_the_host_is_the_compiled_one_bit_for_bit():
+    """Concrete trees are masked on the host (no compilation per tree structure); the result has the
+    bits of the compiled select (NaN, inf, -0.0 kept where kept, +0.0 where pruned), the dtype and
+    the placement of each param, and unprunable leaves are passed through."""
+    vals = np.array([[-0.0, 0.0, np.nan, -np.inf], [1.5, -2.25, 3e-39, -1e30]], np.float32)
+    params = {"a": {"kernel": jnp.asarray(vals)}, "b": {"bias": jnp.asarray([1.0, -0.0])},
+              "c": {"kernel": jnp.asarray(vals[::-1].astype(jnp.bfloat16))}}
+    keep = np.array([[True, False, True, False], [False, True, True, False]])
+    mask = {"a": {"kernel": jnp.asarray(keep)}, "b": {"bias": None}, "c": {"kernel": jnp.asarray(~keep)}}
+    for tree in (params, jax.device_put(params, jax.devices()[0])):
+        host = masks.apply_mask(tree, mask)
+        traced = jax.jit(masks.apply_mask)(tree, mask)
+        for h, t, p in zip(jax.tree.leaves(host), jax.tree.leaves(traced), jax.tree.leaves(tree)):
+            assert h.dtype == t.dtype == p.dtype
+            assert np.asarray(h).tobytes() == np.asarray(t).tobytes()
+            assert h.committed is p.committed
+        assert host["b"]["bias"] is tree["b"]["bias"]
+    assert str(np.asarray(host["a"]["kernel"])[0, 1]) == "0.0" and np.isnan(np.asarray(host["a"]["kernel"])[0, 2])
+
+
 def test_magnitude_mask_on_the_host_is_the_compiled_one():
     """Concrete params take |w| on the host (nothing compiled) instead of the jitted scores. Same
     mask (and the same as the traced sort), with ties, -0.0, weights already pruned and a second
