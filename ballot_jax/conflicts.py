@@ -66,7 +66,7 @@ def group_weights(per_group_accuracy: Any, floor: float = 0.05) -> jax.Array:
         return 1.0 / jnp.maximum(jnp.asarray(per_group_accuracy, jnp.float32), floor)
     # on the host (the per-group accuracies are host floats): the same IEEE float32 arithmetic
     acc = np.asarray(per_group_accuracy, np.float32)
-    return jnp.asarray(np.float32(1.0) / np.maximum(acc, np.float32(floor)))
+    return jax.device_put(np.float32(1.0) / np.maximum(acc, np.float32(floor)))
 
 
 def _example_losses_fn(apply_fn, batch_stats, batch, train_mode: bool):

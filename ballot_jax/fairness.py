@@ -57,7 +57,7 @@ def init_counts(num_groups: int, num_classes: int) -> jnp.ndarray:
     """
     num_groups = _positive_int(num_groups, "num_groups")
     num_classes = _positive_int(num_classes, "num_classes")
-    return jnp.asarray(np.zeros((num_groups, num_classes, num_classes), dtype=_COUNT_DTYPE))  # host-built: no compile
+    return jax.device_put(np.zeros((num_groups, num_classes, num_classes), dtype=_COUNT_DTYPE))  # host-built: no compile
 
 
 @jax.jit

@@ -93,9 +93,11 @@ def placed_like(host: np.ndarray, x: Any) -> jax.Array:
     """``host`` placed as an eager op on ``x`` would have placed its result: committed to ``x``'s
     devices and sharding if ``x`` is, else on the default device, uncommitted (a state mixing the
     two would compile the steps once per mix). Under a trace (``x`` a tracer) it is a constant."""
-    if not isinstance(x, jax.core.Tracer) and getattr(x, "committed", False):
+    if isinstance(x, jax.core.Tracer):
+        return jnp.asarray(host)
+    if getattr(x, "committed", False):
         return jax.device_put(host, x.sharding)
-    return jnp.asarray(host)
+    return jax.device_put(host)  # jnp.asarray would compile a `stage` op per shape and dtype
 
 
 def full_like_mask(mask: Mask, like: PyTree, value: Any, dtype: Any) -> PyTree:

@@ -43,10 +43,31 @@ def create_train_state(
     """A fresh state (step 0, new optimizer state) with the mask applied to ``params``.
 
     The arrays (mask included) are copied, so the caller's trees (e.g. the rewind point θ0 or a
-    mask shared with another state) survive the train step's buffer donation. One compiled
-    function per optimizer and tree shape (eagerly, every leaf's copy and zeros compiled on its own).
+    mask shared with another state) survive the train step's buffer donation. Concrete trees, all
+    placed or none, are copied and masked on the host (a copy and a select: the same values), each
+    array placed like its source, and only the step counter and ``tx.init`` are compiled (one
+    function per optimizer and tree shape); other trees build the state in one compiled function.
     """
+    leaves = jax.tree.leaves((params, batch_stats, mask))
+    # A mix of committed and uncommitted arrays goes to the compiled builder, which commits them all
+    # (a state mixing the two would compile the train step once per mix).
+    if masks.is_concrete(*leaves) and len({bool(getattr(x, "committed", False)) for x in leaves}) <= 1:
+        step, opt_state = _fresh_optimizer_state(params, tx)
+        masked = masks.apply_mask(params, mask)  # new buffers on prunable leaves, the others as given
+        return TrainState(
+            step=step,
+            params=jax.tree.map(lambda m, p: _host_copy(p) if m is None else p, mask, masked,
+                                is_leaf=lambda x: x is None),
+            batch_stats=jax.tree.map(_host_copy, batch_stats or {}),
+            opt_state=opt_state,
+            mask=jax.tree.map(_host_copy, mask),
+        )
     return _create_train_state(params, batch_stats, tx, mask)
+
+
+def _host_copy(x: Any) -> jax.Array:
+    """A copy of ``x`` in a new buffer, placed like ``x`` (see :func:`masks.placed_like`)."""
+    return masks.placed_like(np.array(x, copy=True), x)
 
 
 @jax.jit
@@ -54,6 +75,12 @@ def copy_tree(tree: PyTree) -> PyTree:
     """A copy of every array of ``tree`` in new buffers (survives the donation of the original), one
     compiled function per tree structure instead of one eager copy per leaf shape."""
     return jax.tree.map(jnp.copy, tree)
+
+
+@functools.partial(jax.jit, static_argnums=(1,), keep_unused=True)
+def _fresh_optimizer_state(params: PyTree, tx: optax.GradientTransformation) -> tuple[jax.Array, PyTree]:
+    # keep_unused: the outputs do not read params, but must be placed (committed) as they are.
+    return jnp.zeros((), jnp.int32), tx.init(params)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))

@@ -200,6 +200,35 @@ def test_host_built_trees_are_placed_like_their_inputs():
                                   np.full((2, 3), 7, np.int32))
 
 
+def test_host_arrays_reach_the_device_without_a_compilation():
+    """Host-built arrays are placed with ``jax.device_put``: ``jnp.asarray`` of a numpy array
+    compiles a ``stage`` op per shape and dtype (the control below shows it does here)."""
+    from ballot_jax import conflicts, fairness
+
+    compiled = []
+
+    def listen(event: str, duration: float, **kw) -> None:
+        if event.endswith("backend_compile_duration"):
+            compiled.append(kw.get("fun_name"))
+
+    shape = (5, 11, 3)  # a shape nothing else in the suite uses
+    loose, pinned = np.ones(shape, np.float32), jax.device_put(np.ones(shape, np.float32), jax.devices()[0])
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        placed = [masks.placed_like(np.zeros(shape, np.float32), x) for x in (loose, jax.device_put(loose), pinned)]
+        placed.append(masks.full_like_mask({"k": True}, {"k": np.ones(shape[::-1], np.int16)}, 3, np.int16)["k"])
+        placed += [conflicts.group_weights([0.25, 0.5, 0.01, 0.75, 1.0, 0.5, 0.3]), fairness.init_counts(7, 3)]
+        jax.block_until_ready(placed)
+        assert compiled == []
+        jnp.asarray(np.zeros((3, 11, 5), np.float32))  # control: the listener sees the `stage` compile
+        assert compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert [x.committed for x in placed[:3]] == [False, False, True]
+    np.testing.assert_array_equal(np.asarray(placed[4]), np.float32(1) / np.maximum(
+        np.array([0.25, 0.5, 0.01, 0.75, 1.0, 0.5, 0.3], np.float32), np.float32(0.05)))
+
+
 def test_apply_mask_on_the_host_is_the_compiled_one_bit_for_bit():
     """Concrete trees are masked on the host (no compilation per tree structure); the result has the
     bits of the compiled select (NaN, inf, -0.0 kept where kept, +0.0 where pruned), the dtype and

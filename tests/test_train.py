@@ -138,3 +138,30 @@ def test_step_schedule_keeps_every_decay_on_short_stages():
     np.testing.assert_allclose(lrs, [0.1, 1e-3], rtol=1e-5)  # 0.8 → step 2 lies beyond the stage
     lrs = train.learning_rates(train.make_schedule(cfg, 5), 5)
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 1e-3, 1e-4], rtol=1e-5)
+
+
+@pytest.mark.parametrize("opt", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="adamw", learning_rate=1e-2)])
+def test_a_state_built_on_the_host_is_the_compiled_one_bit_for_bit(tiny_model, opt):
+    """Concrete trees are copied and masked on the host, only ``tx.init`` compiled: every leaf of
+    the state has the compiled builder's bits, dtype and placement (committed or not), and the
+    caller's trees survive a donating train step on the new state."""
+    model, variables = tiny_model
+    tx = train.make_optimizer(train.OptimizerConfig(**opt))
+    params = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(-0.0), variables["params"])
+    for placed in (False, True):
+        p, bs = (jax.device_put((params, variables["batch_stats"]), jax.devices()[0]) if placed
+                 else (params, variables["batch_stats"]))
+        m = masks.global_magnitude_mask(p, masks.init_mask(p), 0.5)
+        host = train.create_train_state(p, bs, tx, m)
+        compiled = train._create_train_state(p, bs, tx, m)
+        assert jax.tree.structure(host) == jax.tree.structure(compiled)
+        for h, c in zip(jax.tree.leaves(host), jax.tree.leaves(compiled)):
+            assert h.dtype == c.dtype and h.shape == c.shape
+            assert np.asarray(h).tobytes() == np.asarray(c).tobytes()
+            assert h.committed is c.committed
+        kept = jax.tree.map(np.array, (p, bs, m))
+        step = train.make_train_step(model.apply, tx)
+        new, _ = step(host, random_batch(0), jnp.float32(0.1))
+        jax.block_until_ready(new)
+        for before, now in zip(jax.tree.leaves(kept), jax.tree.leaves((p, bs, m))):
+            np.testing.assert_array_equal(before, np.asarray(now))  # not donated away
