@@ -24,7 +24,8 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import common, run_all  # noqa: E402
 
-NAMES = run_all.BENCHMARKS
+# xla_flags runs a child process per flag variant (13–15 s): in the slow set.
+NAMES = [pytest.param(n, marks=pytest.mark.slow) if n == "xla_flags" else n for n in run_all.BENCHMARKS]
 
 
 @pytest.fixture(scope="module", autouse=True)

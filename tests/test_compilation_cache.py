@@ -24,6 +24,7 @@ def _run(workdir, cache):
         return json.load(f)["compilation_cache"]
 
 
+@pytest.mark.slow  # two whole quickstart processes (≈ 40 s); the two tests below check the cache in seconds
 def test_second_process_hits_the_cache_and_gives_the_same_bytes(tmp_path):
     cache = tmp_path / "cache"
     first = _run(tmp_path / "a", cache)
