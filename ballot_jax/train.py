@@ -1,8 +1,9 @@
 """Masked training: train state, jitted masked train/eval steps, optax optimizers and schedules.
 
-The mask multiplies the parameters in the forward pass *and* the optimizer's update, and the
-new parameters are masked again, so a pruned weight stays exactly 0.0 under momentum and weight
-decay. The learning rate is an argument of the step (``optax.inject_hyperparams``), so a whole
+The mask zeroes the gradients, the optimizer's update and the new parameters, so a pruned weight
+stays exactly 0.0 under momentum and weight decay; every state starts masked
+(:func:`create_train_state`), so the train step's forward pass reads the parameters as they are
+(the evaluation step, which takes any params and a mask, masks them). The learning rate is an argument of the step (``optax.inject_hyperparams``), so a whole
 run with any schedule, any stage length or learning-rate rewinding compiles the step once per
 shape. Masks are arguments too: a new mask never recompiles.
 """
@@ -263,14 +264,19 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, dona
     """A jitted ``step(state, batch, lr) -> (state, metrics)`` of masked SGD-style training.
 
     Loss = Σ_i w_i ℓ_i / Σ_i w_i (w = batch weights). Compiles once per batch shape; masks and
-    the learning rate are arguments.
+    the learning rate are arguments. ``state.params`` must be zero where ``state.mask`` is False, as
+    :func:`create_train_state` and every step leave them (the forward pass does not mask them again).
     """
 
     def step(state: TrainState, batch: Batch, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         w = batch_weights(batch)
 
         def loss_fn(params):
-            logits, new_stats = forward(apply_fn, params, state.batch_stats, state.mask, batch["image"], True)
+            # params are already zero where masked (create_train_state and every step leave them so):
+            # masking them again here gave the same bits for 21 more select kernels on ResNet-18 and
+            # their transposes (masked_update zeroes the gradients); ≈ 15% of its compile time.
+            logits, new_stats = forward(apply_fn, params, state.batch_stats, masks.none_like(params),
+                                        batch["image"], True)
             losses = example_losses(logits, batch["label"])
             return jnp.sum(losses * w) / jnp.maximum(jnp.sum(w), 1.0), (losses, logits, new_stats)
 

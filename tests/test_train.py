@@ -165,3 +165,28 @@ def test_a_state_built_on_the_host_is_the_compiled_one_bit_for_bit(tiny_model, o
         jax.block_until_ready(new)
         for before, now in zip(jax.tree.leaves(kept), jax.tree.leaves((p, bs, m))):
             np.testing.assert_array_equal(before, np.asarray(now))  # not donated away
+
+
+def test_the_train_step_equals_one_that_masks_its_forward_pass_bit_for_bit(tiny_model):
+    """The step reads params as they are (a state's params are zero where masked); masking them
+    again in the forward pass, as the step did before, gives the same bits over several steps."""
+    model, tx, cfg, state = _setup(tiny_model, sparsity=0.6, optimizer="sgd", momentum=0.9, weight_decay=5e-2)
+
+    @jax.jit
+    def masked_forward_step(state, batch, lr):
+        def loss_fn(params):
+            logits, new_stats = train.forward(model.apply, params, state.batch_stats, state.mask, batch["image"], True)
+            return jnp.mean(train.example_losses(logits, batch["label"])), new_stats
+
+        grads, new_stats = jax.grad(loss_fn, has_aux=True)(state.params)
+        params, opt_state = train.masked_update(tx, state, grads, lr)
+        return state.replace(step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state)
+
+    step = train.make_train_step(model.apply, tx, donate=False)
+    ours, ref = state, state
+    for i in range(4):
+        ours, _ = step(ours, random_batch(i), jnp.float32(0.1))
+        ref = masked_forward_step(ref, random_batch(i), jnp.float32(0.1))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    assert masks.zero_violations(ours.params, ours.mask) == 0
