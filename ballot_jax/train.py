@@ -272,9 +272,9 @@ def make_train_step(apply_fn: ApplyFn, tx: optax.GradientTransformation, *, dona
         w = batch_weights(batch)
 
         def loss_fn(params):
-            # params are already zero where masked (create_train_state and every step leave them so):
-            # masking them again here gave the same bits for 21 more select kernels on ResNet-18 and
-            # their transposes (masked_update zeroes the gradients); ≈ 15% of its compile time.
+            # params are already zero where masked (create_train_state and every step leave them so),
+            # and masked_update zeroes the gradients: masking them again here gave the same bits for a
+            # select per prunable leaf (reference ResNet-18: 567 -> 546 fusions; step 0.97x the time).
             logits, new_stats = forward(apply_fn, params, state.batch_stats, masks.none_like(params),
                                         batch["image"], True)
             losses = example_losses(logits, batch["label"])
