@@ -3,9 +3,10 @@
 The mask zeroes the gradients, the optimizer's update and the new parameters, so a pruned weight
 stays exactly 0.0 under momentum and weight decay; every state starts masked
 (:func:`create_train_state`), so the train step's forward pass reads the parameters as they are
-(the evaluation step, which takes any params and a mask, masks them). The learning rate is an argument of the step (``optax.inject_hyperparams``), so a whole
-run with any schedule, any stage length or learning-rate rewinding compiles the step once per
-shape. Masks are arguments too: a new mask never recompiles.
+(the evaluation step, which takes any params and a mask, masks them). The learning rate is an
+argument of the step (``optax.inject_hyperparams``), so a whole run with any schedule, any stage
+length or learning-rate rewinding compiles the step once per shape. Masks are arguments too: a
+new mask never recompiles.
 """
 
 from __future__ import annotations
