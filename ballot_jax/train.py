@@ -174,9 +174,10 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
         for b in cfg.decay_boundaries:  # boundaries that round to one step multiply: no decay is lost
             step = int(round(b * total_steps))
             bounds[step] = bounds.get(step, 1.0) * cfg.decay_factor
-        return optax.piecewise_constant_schedule(lr, bounds)
+        return HostSchedule(optax.piecewise_constant_schedule(lr, bounds),
+                            functools.partial(_piecewise_constant_on_host, lr, tuple(sorted(bounds.items()))))
     if cfg.schedule == "constant":
-        return optax.constant_schedule(lr)
+        return HostSchedule(optax.constant_schedule(lr), functools.partial(_constant_on_host, lr))
     if cfg.schedule == "cosine":
         return optax.cosine_decay_schedule(lr, total_steps)
     if cfg.schedule == "warmup_constant":
@@ -186,9 +187,47 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), total_steps)
 
 
+@dataclasses.dataclass(frozen=True)
+class HostSchedule:
+    """An optax schedule (``schedule``, for traced use) with ``on_host``, the same float32 values
+    computed by NumPy: evaluating the optax schedule eagerly compiles one XLA op per operation
+    and length (≈ 0.5 s of a cold start for ``step``)."""
+
+    schedule: optax.Schedule
+    on_host: Callable[[np.ndarray], np.ndarray]
+
+    def __call__(self, count: Any) -> Any:
+        return self.schedule(count)
+
+
+def _piecewise_constant_on_host(init_value: float, boundaries_and_scales: tuple[tuple[int, float], ...],
+                                count: np.ndarray) -> np.ndarray:
+    """``optax.piecewise_constant_schedule``'s arithmetic, operation for operation in float32."""
+    f32 = np.float32
+    count = np.asarray(count, np.int32)
+    v: Any = f32(init_value)
+    for threshold, scale in boundaries_and_scales:
+        indicator = np.maximum(f32(0), np.sign(np.int32(threshold) - count).astype(f32))
+        v = v * indicator + (f32(1) - indicator) * f32(scale) * v
+    return np.broadcast_to(np.asarray(v, f32), count.shape)
+
+
+def _constant_on_host(value: float, count: np.ndarray) -> np.ndarray:
+    """``optax.constant_schedule``'s value for every step, float32."""
+    return np.full(np.shape(count), value, np.float32)
+
+
 def learning_rates(schedule: optax.Schedule, total_steps: int) -> np.ndarray:
-    """The schedule evaluated on the host for every step of a stage (float32 array)."""
-    steps = jnp.arange(max(int(total_steps), 1))
+    """The schedule evaluated on the host for every step of a stage (float32 array).
+
+    A :class:`HostSchedule` (``step``, ``constant``) is computed by NumPy, bit for bit the optax
+    values (tested) with no compilation; other schedules, and every schedule with 64-bit JAX
+    types enabled (then optax computes in float64), are evaluated by JAX.
+    """
+    n = max(int(total_steps), 1)
+    if isinstance(schedule, HostSchedule) and not jax.config.jax_enable_x64:
+        return np.array(schedule.on_host(np.arange(n, dtype=np.int32)), np.float32)
+    steps = jnp.arange(n)
     return np.broadcast_to(np.asarray(schedule(steps), dtype=np.float32), steps.shape).copy()
 
 

@@ -442,6 +442,54 @@ def test_init_variables_equals_model_init_bit_for_bit(name: str, stem: str) -> N
     chex.assert_trees_all_equal_dtypes(got, ref)
 
 
+class _Norms(nn.Module):
+    """Batch norms in several flax configurations, for the declare-only initialisation."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        x = nn.Conv(4, (3, 3), name="conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, name="plain")(x)
+        x = nn.BatchNorm(use_running_average=not train, use_scale=False, name="no_scale")(x)
+        x = nn.BatchNorm(use_running_average=not train, use_bias=False, scale_init=nn.initializers.normal(0.5),
+                         name="drawn_scale")(x)
+        x = nn.BatchNorm(use_running_average=not train, axis=(1, -1), param_dtype=jnp.bfloat16,
+                         force_float32_reductions=False, name="two_axes")(x)
+        x = nn.BatchNorm(use_running_average=not train, bias_init=nn.initializers.constant(0.25), name="bias")(x)
+        return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
+
+
+def test_init_variables_declares_every_batch_norm_like_flax_without_its_arithmetic() -> None:
+    """init_variables intercepts BatchNorm calls (declare only, return the input): the variables
+    must be model.init's in every flax configuration, and no normalisation op may compile."""
+    from ballot_jax import experiment
+
+    compiled = []
+
+    def listen(event, duration, **kw):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(str(kw.get("fun_name")))
+
+    model = _Norms()
+    jax.clear_caches()  # a normalisation op compiled by an earlier test would go unseen
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        got = experiment.init_variables(model, (6, 6, 2), 7)
+        ours = list(compiled)
+        model.lazy_init(jax.random.PRNGKey(7), jax.ShapeDtypeStruct((1, 6, 6, 2), jnp.float32), train=False)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert [f for f in compiled[len(ours):] if "rsqrt" in f]  # control: plain lazy_init compiles it
+    assert not [f for f in ours if "rsqrt" in f], ours  # the inference-mode normalisation
+    ref = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 6, 6, 2), jnp.float32), train=False)
+    ref = {"params": ref["params"], "batch_stats": ref["batch_stats"]}
+    chex.assert_trees_all_equal(got, ref)
+    chex.assert_trees_all_equal_dtypes(got, ref)
+    # the model itself, applied after such an initialisation, is flax's (nothing intercepted there)
+    y = model.apply(got, jnp.ones((2, 6, 6, 2)), train=False)
+    y_ref = model.apply(ref, jnp.ones((2, 6, 6, 2)), train=False)
+    chex.assert_trees_all_equal(y, y_ref)
+
+
 def test_conv_kernel_init_is_flax_he_normal_bit_for_bit_with_one_compiled_draw() -> None:
     """conv_kernel_init cuts a long shared draw instead of compiling one draw per shape; the weights
     must still be exactly variance_scaling(2.0, "fan_out", "normal")'s (every seed's θ0 depends on it)."""

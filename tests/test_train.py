@@ -140,6 +140,35 @@ def test_step_schedule_keeps_every_decay_on_short_stages():
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 1e-3, 1e-4], rtol=1e-5)
 
 
+def test_host_schedules_are_optax_bit_for_bit_without_a_compilation():
+    """``step`` and ``constant`` are evaluated by NumPy: every value must be optax's float32 value
+    (evaluated by JAX), and nothing may compile."""
+    compiled = []
+
+    def listen(event, duration, **kw):
+        if event.endswith("backend_compile_duration"):
+            compiled.append(kw.get("fun_name"))
+
+    cases = [dict(schedule="constant", learning_rate=lr) for lr in (0.1, 0.05, 3e-4, 1.0 / 3)]
+    for lr in (0.1, 0.05, 0.37, 1e-3, 1.0 / 3, 2.5):
+        for factor in (0.1, 0.2, 0.5, 1.0 / 3, 0.0):
+            for bounds in ((0.4, 0.6, 0.8), (0.5,), (0.3, 0.3, 0.9), (0.0, 1.0), ()):
+                cases.append(dict(schedule="step", learning_rate=lr, decay_factor=factor, decay_boundaries=bounds))
+    for case in cases:
+        cfg = train.OptimizerConfig(**case)
+        for n in (1, 2, 5, 17, 100, 391):
+            schedule = train.make_schedule(cfg, n)
+            jax.monitoring.register_event_duration_secs_listener(listen)
+            try:
+                got = train.learning_rates(schedule, n)
+            finally:
+                jax.monitoring.unregister_event_duration_listener(listen)
+            want = np.broadcast_to(np.asarray(schedule(jnp.arange(n)), np.float32), (n,))
+            assert got.dtype == np.float32 and got.shape == (n,)
+            np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=str((case, n)))
+    assert compiled == []
+
+
 @pytest.mark.parametrize("opt", [dict(optimizer="sgd", momentum=0.9), dict(optimizer="adamw", learning_rate=1e-2)])
 def test_a_state_built_on_the_host_is_the_compiled_one_bit_for_bit(tiny_model, opt):
     """Concrete trees are copied and masked on the host, only ``tx.init`` compiled: every leaf of
