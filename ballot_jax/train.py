@@ -162,7 +162,8 @@ def make_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
     ``step``: lr · factor^(#boundaries passed), boundaries at fractions of the stage (paper:
     ×0.1 at 40/60/80%). ``cosine``: cosine decay to 0. ``warmup_*``: linear warm-up over
     ``warmup_fraction`` of the stage first. ``constant``: lr. Learning-rate rewinding is simply
-    restarting the schedule at step 0 when a stage is retrained.
+    restarting the schedule at step 0 when a stage is retrained. ``step`` and ``constant`` come as a
+    :class:`HostSchedule`, which :func:`learning_rates` evaluates without compiling.
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {cfg.schedule!r}; valid: {list(SCHEDULES)}")
