@@ -1,66 +1,35 @@
 """experiments/run.py end to end on the quickstart data (1 seed, 1 epoch, two methods), and a rerun.
 
 The command-line entry point is loaded from its file and its ``main`` called with parsed flags,
-as ``python experiments/run.py --config=configs/quickstart.py ...`` would.
+as ``python experiments/run.py --config=configs/quickstart.py ...`` would (``helpers.call_run_script``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
-import logging
 import os
-import sys
 import time
 
 import pytest
 
+import helpers
 from ballot_jax import cli, experiment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.seeds=1", "--config.retrain_epochs=1", "--config.dense_epochs=1", "--config.ballot.vote_epochs=1",
         "--config.methods=ballot,magnitude", "--config.progress=False", "--config.ballot.diag_batches=0"]
 
 
 @pytest.fixture(scope="module")
-def run_module():
-    spec = importlib.util.spec_from_file_location("ballot_run_script", os.path.join(REPO, "experiments", "run.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)  # defines the --config / --workdir flags once
-    return mod
-
-
-def _main(mod, argv: list[str]) -> None:
-    cwd, saved_argv = os.getcwd(), sys.argv
-    os.chdir(REPO)  # the documented commands run from the repository root
-    sys.argv = ["run.py", *argv]  # config_flags reads its overrides from sys.argv
-    try:
-        rest = mod.FLAGS(sys.argv)
-        mod.main(rest)
-    finally:
-        os.chdir(cwd)
-        sys.argv = saved_argv
-        mod.FLAGS.unparse_flags()
-        for name in [n for n in mod.FLAGS if n.startswith("config.")]:  # overrides are defined per parse
-            delattr(mod.FLAGS, name)
-        root = logging.getLogger()
-        for h in [h for h in root.handlers if isinstance(h, logging.FileHandler)
-                  and h.baseFilename.endswith(cli.RUN_LOG)]:
-            root.removeHandler(h)
-            h.close()
-
-
-@pytest.fixture(scope="module")
-def quickstart_run(run_module, tmp_path_factory):
+def quickstart_run(tmp_path_factory):
     """One tiny quickstart run through the command line: (workdir, printed output, seconds)."""
     workdir = str(tmp_path_factory.mktemp("run") / "qs")
     buf = io.StringIO()
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(buf):
-        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY])
+        helpers.call_run_script(["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY])
     return workdir, buf.getvalue(), time.perf_counter() - t0
 
 
@@ -94,19 +63,19 @@ def test_run_quickstart_writes_every_output(quickstart_run) -> None:
     assert "ballot_jax.loop" in log_text and "retrain" in log_text
 
 
-def test_changed_setting_in_same_workdir_is_refused(run_module, quickstart_run, capsys) -> None:
+def test_changed_setting_in_same_workdir_is_refused(quickstart_run, capsys) -> None:
     workdir, _, _ = quickstart_run
     with pytest.raises(SystemExit) as exit_info:
-        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.retrain_epochs=2"])
+        helpers.call_run_script(["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.retrain_epochs=2"])
     assert exit_info.value.code == 2 and "retrain_epochs: 1 -> 2" in capsys.readouterr().err
 
 
-def test_rerun_skips_finished_runs(run_module, quickstart_run) -> None:
+def test_rerun_skips_finished_runs(quickstart_run) -> None:
     """Rerunning the same command skips every finished run and rewrites the same numbers."""
     workdir, _, first = quickstart_run
     before = json.load(open(os.path.join(workdir, "results.json")))
     with contextlib.redirect_stdout(io.StringIO()):
-        _main(run_module, ["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.plots=False"])
+        helpers.call_run_script(["--config=configs/quickstart.py", f"--workdir={workdir}", *TINY, "--config.plots=False"])
     again = json.load(open(os.path.join(workdir, "results.json")))
     assert [r["accuracy"] for r in again["runs"]] == [r["accuracy"] for r in before["runs"]]
     assert "finished earlier, skipping" in open(os.path.join(workdir, "run.log")).read()
